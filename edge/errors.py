@@ -1,0 +1,81 @@
+"""The one error tree of edge-ocr.
+
+Every error a user can meet is an `EdgeError`: it carries a stable machine-readable `code`, the
+process exit code the CLI uses for it, and a `fix` that tells the user what to do next. Library
+errors (onnxruntime, OpenCV, pip) are translated into these where that library is imported.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class: a failure with a code, an exit status and a fix-it hint."""
+
+    code = "edge_error"
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.fix})" if self.fix else self.message
+
+
+class ConfigError(EdgeError):
+    """The configuration file or a command-line option is invalid."""
+
+    code = "config_invalid"
+    exit_code = 78  # EX_CONFIG
+
+
+class ModelError(EdgeError):
+    """A model pack is missing, damaged, or cannot be loaded."""
+
+    code = "model_error"
+    exit_code = 3
+
+
+class ModelMissingError(ModelError):
+    """A pack or variant is not in the model directory."""
+
+    code = "model_missing"
+
+
+class ModelHashError(ModelError):
+    """A downloaded wheel or an extracted file does not match its pinned sha256."""
+
+    code = "model_hash_mismatch"
+
+
+class FetchError(ModelError):
+    """The registry could not be reached or refused the download."""
+
+    code = "model_fetch_failed"
+
+
+class ImageError(EdgeError):
+    """An input image cannot be read. Per image: the others go on."""
+
+    code = "image_error"
+    exit_code = 4
+
+
+class ImageUnreadableError(ImageError):
+    """Empty, truncated, or not an image at all."""
+
+    code = "image_unreadable"
+
+
+class ImageTooLargeError(ImageError):
+    """The header claims more pixels than the configured limit (a decompression bomb)."""
+
+    code = "image_too_large"
+
+
+class InferenceError(EdgeError):
+    """ONNX Runtime failed while running a model."""
+
+    code = "inference_failed"
+    exit_code = 5

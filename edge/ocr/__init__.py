@@ -1,0 +1,1 @@
+"""The OCR engine: detector, optional classifier, recogniser, wired by `build_pipeline`."""

@@ -1,0 +1,121 @@
+"""DB text detection: image in, 4-point text boxes out (in the pixels of the image given)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Pre- and post-processing of the DB detector.
+
+    `limit_side` caps the longest side fed to the model; `thresh` binarises the probability map;
+    `box_thresh` drops boxes whose mean probability is lower; `unclip_ratio` grows each shrunk
+    text kernel back to the whole line.
+    """
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    multiple: int = 32
+    limit_side: int = 960
+    thresh: float = 0.3
+    box_thresh: float = 0.5
+    unclip_ratio: float = 1.6
+    min_box_side: float = 3.0
+    max_candidates: int = 1000
+
+
+class Detector:
+    """Finds text lines; returns an (N, 4, 2) float32 array of clockwise quads from top-left."""
+
+    def __init__(self, model: Model, settings: DetectorSettings) -> None:
+        self._model = model
+        self._settings = settings
+        mean = np.array(settings.mean, np.float32) * 255.0
+        std = np.array(settings.std, np.float32) * 255.0
+        self._offset = mean
+        self._factor = 1.0 / std
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Detect text in a BGR image."""
+        tensor, scale_x, scale_y = self.preprocess(image)
+        boxes = self._boxes(self._model(tensor)[0, 0])
+        if len(boxes):
+            boxes[:, :, 0] = np.clip(boxes[:, :, 0] * scale_x, 0, image.shape[1] - 1)
+            boxes[:, :, 1] = np.clip(boxes[:, :, 1] * scale_y, 0, image.shape[0] - 1)
+        return boxes
+
+    @property
+    def threshold(self) -> float:
+        """Probability above which a pixel counts as text."""
+        return self._settings.thresh
+
+    def probability(self, image: np.ndarray) -> np.ndarray:
+        """The model's text probability map for a BGR image (at the model's input size)."""
+        return self._model(self.preprocess(image)[0])[0, 0]
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Resize to multiples of `multiple` within `limit_side`, normalise, NCHW float32."""
+        height, width = image.shape[:2]
+        ratio = min(1.0, self._settings.limit_side / max(height, width))
+        new_h = self._round(height * ratio)
+        new_w = self._round(width * ratio)
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        tensor = (resized.astype(np.float32) - self._offset) * self._factor
+        return tensor.transpose(2, 0, 1)[None], width / new_w, height / new_h
+
+    def _round(self, side: float) -> int:
+        multiple = self._settings.multiple
+        return max(multiple, int(round(side / multiple)) * multiple)
+
+    def _boxes(self, prob: np.ndarray) -> np.ndarray:
+        settings = self._settings
+        bitmap = (prob > settings.thresh).astype(np.uint8)
+        contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        boxes = []
+        for contour in contours[: settings.max_candidates]:
+            box = self._box_from_contour(contour, prob)
+            if box is not None:
+                boxes.append(box)
+        return np.array(boxes, np.float32).reshape(-1, 4, 2)
+
+    def _box_from_contour(self, contour: np.ndarray, prob: np.ndarray) -> np.ndarray | None:
+        settings = self._settings
+        center, (w, h), angle = cv2.minAreaRect(contour)
+        if min(w, h) < settings.min_box_side:
+            return None
+        if _mean_inside(prob, cv2.boxPoints((center, (w, h), angle))) < settings.box_thresh:
+            return None
+        grow = w * h * settings.unclip_ratio / (2.0 * (w + h))
+        w, h = w + 2 * grow, h + 2 * grow
+        if min(w, h) < settings.min_box_side + 2:
+            return None
+        return order_clockwise(cv2.boxPoints((center, (w, h), angle)))
+
+
+def order_clockwise(points: np.ndarray) -> np.ndarray:
+    """Order four points as top-left, top-right, bottom-right, bottom-left."""
+    by_x = points[np.argsort(points[:, 0], kind="stable")]
+    left, right = by_x[:2], by_x[2:]
+    top_left, bottom_left = left[np.argsort(left[:, 1], kind="stable")]
+    top_right, bottom_right = right[np.argsort(right[:, 1], kind="stable")]
+    return np.array([top_left, top_right, bottom_right, bottom_left], np.float32)
+
+
+def _mean_inside(prob: np.ndarray, box: np.ndarray) -> float:
+    """Mean probability inside a polygon, computed on its bounding rectangle only."""
+    height, width = prob.shape
+    x0 = int(np.clip(np.floor(box[:, 0].min()), 0, width - 1))
+    x1 = int(np.clip(np.ceil(box[:, 0].max()), 0, width - 1))
+    y0 = int(np.clip(np.floor(box[:, 1].min()), 0, height - 1))
+    y1 = int(np.clip(np.ceil(box[:, 1].max()), 0, height - 1))
+    mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    shifted = box - np.array([x0, y0], np.float32)
+    cv2.fillPoly(mask, [shifted.round().astype(np.int32)], 1)
+    return float(cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0])

@@ -1,0 +1,84 @@
+"""The only importer of onnxruntime: session options, providers, and error translation.
+
+Options are set explicitly rather than left to defaults: the CPU memory arena is off because it
+never returns memory and grows with every new input shape, and thread counts come from settings
+so a daemon sharing a 2-core box does not take every core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge.errors import ConfigError, InferenceError, ModelError
+
+ort.set_default_logger_severity(3)
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How every model session of one pipeline is created."""
+
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 2
+
+
+def cuda_available() -> bool:
+    """True when this onnxruntime build can run on an NVIDIA GPU."""
+    return _CUDA in ort.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    """Turn `auto` into `cuda` or `cpu`; refuse `cuda` where this build has no CUDA provider."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise ConfigError("device 'cuda' asked for, but onnxruntime has no CUDA provider here",
+                          "install onnxruntime-gpu, or set ocr.device to cpu or auto")
+    return device
+
+
+class ModelSession:
+    """One loaded ONNX model with a single input, run on numpy arrays."""
+
+    def __init__(self, path: Path, settings: SessionSettings) -> None:
+        self.path = path
+        self._session = _load(path, settings)
+        self._input = self._session.get_inputs()[0].name
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on one input tensor and return its first output."""
+        try:
+            return self._session.run(None, {self._input: batch})[0]
+        except (ort.capi.onnxruntime_pybind11_state.Fail,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException,
+                ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+            raise InferenceError(f"{self.path.name} failed on input {batch.shape}: {exc}") from exc
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers this session actually uses, best first."""
+        return self._session.get_providers()
+
+
+def _load(path: Path, settings: SessionSettings) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    providers = [_CUDA, _CPU] if resolve_device(settings.device) == "cuda" else [_CPU]
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises several unrelated pybind types here
+        raise ModelError(f"cannot load model {path}: {exc}",
+                         "run 'edge-ocr models pull' to fetch the pack again") from exc

@@ -1,0 +1,167 @@
+"""Build the int8 (CPU) and fp16 (GPU) variants of a pulled pack, and measure them against fp32.
+
+int8: the detector gets static QDQ quantization (converted to opset 17 first, per-channel int8
+weights, uint8 activations, MinMax calibration). The recogniser and classifier stay fp32:
+quantizing the recogniser measured slower and less accurate (dynamic) or less accurate for little
+gain (static), so the int8 variant reuses the fp32 files for them.
+
+fp16: every model converted to float16 with float32 inputs and outputs kept, for CUDA.
+
+Each variant records what it was calibrated on and how closely it agrees with fp32 on images it
+was not calibrated on: the share of detector probability-map pixels on the same side of the
+threshold, and the share of text lines read identically by the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import version_converter
+
+from edge.calibration import folder_images, rendered_images
+from edge.config import OcrConfig
+from edge.frames import DecodedImage
+from edge.modelstore import ModelStore, Variant, write_variant
+from edge.ocr.detector import Detector
+from edge.ocr.factory import build_pipeline, detector_settings
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 16
+CHECK_IMAGES = 8
+CHECK_SEED = 1000
+QUANTIZED_OPS = None  # every op type ORT can run quantized
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Images to calibrate on, images to check agreement on, and how to describe them."""
+
+    calibrate: list[DecodedImage]
+    check: list[DecodedImage]
+    description: dict
+
+
+def rendered_set(count: int = CALIBRATION_IMAGES) -> CalibrationSet:
+    """Calibrate on rendered pages with seeds 0.., check on pages with seeds 1000.."""
+    return CalibrationSet(list(rendered_images(count, seed=0)),
+                          list(rendered_images(CHECK_IMAGES, seed=CHECK_SEED)),
+                          {"source": "rendered", "images": count, "seed": 0})
+
+
+def folder_set(folder: Path, count: int = CALIBRATION_IMAGES) -> CalibrationSet:
+    """Calibrate on a user's frames; check on the next frames of the folder, or rendered pages."""
+    images = folder_images(folder, count + CHECK_IMAGES)
+    calibrate, check = images[:count], images[count:]
+    if not check:
+        check = list(rendered_images(CHECK_IMAGES, seed=CHECK_SEED))
+    return CalibrationSet(calibrate, check, {"source": "folder", "path": str(folder.resolve()),
+                                             "images": len(calibrate)})
+
+
+def build_int8(store: ModelStore, pack: str, calibration: CalibrationSet) -> Variant:
+    """Quantize the detector statically; keep fp32 recogniser and classifier."""
+    fp32 = store.variant(pack, "fp32")
+    spec = store.spec(pack)
+    detector = Detector(lambda x: x, detector_settings(OcrConfig(pack=pack), spec.preprocess,
+                                                      spec.postprocess))
+    inputs = [detector.preprocess(image.pixels)[0] for image in calibration.calibrate]
+    pack_dir = store.pack_dir(pack)
+    det_out = pack_dir / "int8" / "det.onnx"
+    _quantize_static(fp32.files["det"], det_out, inputs)
+    files = dict(fp32.files, det=det_out)
+    write_variant(pack_dir, "int8", files, {"calibration": calibration.description,
+                                            "quantized": ["det"], "agreement": None})
+    return _record_agreement(store, pack, "int8", calibration.check)
+
+
+def build_fp16(store: ModelStore, pack: str, check: list[DecodedImage]) -> Variant:
+    """Convert every model to float16 (float32 inputs and outputs kept), for CUDA."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp32 = store.variant(pack, "fp32")
+    pack_dir = store.pack_dir(pack)
+    files = dict(fp32.files)
+    for role, path in fp32.files.items():
+        if path.suffix == ".onnx":
+            model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+            files[role] = _save(model, pack_dir / "fp16" / path.name)
+    write_variant(pack_dir, "fp16", files, {"calibration": None, "agreement": None})
+    return _record_agreement(store, pack, "fp16", check)
+
+
+def _quantize_static(source: Path, dest: Path, inputs: list[np.ndarray]) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter([{"x": tensor} for tensor in inputs])
+
+        def get_next(self):
+            return next(self._items, None)
+
+    with tempfile.TemporaryDirectory(prefix="edge-ocr-quant-") as tmp:
+        converted = _save(version_converter.convert_version(onnx.load(str(source)), 17),
+                          Path(tmp) / "opset17.onnx")
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(converted), str(prepared), skip_symbolic_shape=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tmp) / "int8.onnx"
+        quantize_static(str(prepared), str(staged), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=QUANTIZED_OPS)
+        staged.replace(dest)
+
+
+def _save(model: onnx.ModelProto, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest))
+    return dest
+
+
+def _record_agreement(store: ModelStore, pack: str, precision: str,
+                      images: list[DecodedImage]) -> Variant:
+    """Run fp32 and the new variant side by side on `images`; store the figures in variant.json."""
+    base = build_pipeline(OcrConfig(pack=pack, precision="fp32"), store)
+    new = build_pipeline(OcrConfig(pack=pack, precision=precision), store)
+    agreement = {
+        "images": len(images),
+        "det_pixels": round(_pixel_agreement(base.pipeline.detector, new.pipeline.detector,
+                                             images), 5),
+        "lines_text": round(_text_agreement(base.pipeline, new.pipeline, images), 5),
+    }
+    variant = store.variant(pack, precision)
+    info = dict(variant.info, agreement=agreement)
+    info.pop("precision", None)
+    write_variant(store.pack_dir(pack), precision, variant.files, info)
+    log.info("%s %s agrees with fp32: %s", pack, precision, agreement)
+    return store.variant(pack, precision)
+
+
+def _pixel_agreement(base: Detector, new: Detector, images: Iterable[DecodedImage]) -> float:
+    same = total = 0
+    for image in images:
+        a, b = base.probability(image.pixels), new.probability(image.pixels)
+        threshold = base.threshold
+        same += int(np.count_nonzero((a > threshold) == (b > threshold)))
+        total += a.size
+    return same / total if total else 1.0
+
+
+def _text_agreement(base, new, images: Iterable[DecodedImage]) -> float:
+    same = total = 0
+    for image in images:
+        expected = [line.text for line in base(image).lines]
+        got = set(line.text for line in new(image).lines)
+        same += sum(text in got for text in expected)
+        total += len(expected)
+    return same / total if total else 1.0
