@@ -1,0 +1,70 @@
+"""Run the engine over files and folders: the shared loop of `ocr`, `bench` and `eval`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+from edge.calibration import IMAGE_SUFFIXES
+from edge.errors import ConfigError, EdgeError
+from edge.frames import DecodedImage, OcrResult
+from edge.imageio import ImageLimits, decode_file
+
+Pipeline = Callable[[DecodedImage], OcrResult]
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One input file: its result or the error that stopped it, and the seconds it took."""
+
+    path: Path
+    seconds: float
+    result: Optional[OcrResult] = None
+    error: Optional[EdgeError] = None
+
+
+def collect_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, folders expanded to their images (not recursive), in name order."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ConfigError(f"{path} does not exist")
+    return found
+
+
+class BatchRunner:
+    """Decodes and reads each file in turn; a bad file becomes an outcome, never an exception."""
+
+    def __init__(self, pipeline: Pipeline, limits: ImageLimits) -> None:
+        self._pipeline = pipeline
+        self._limits = limits
+
+    def __call__(self, files: Iterable[Path]) -> Iterator[ImageOutcome]:
+        """Yield one outcome per file, in order."""
+        for path in files:
+            yield self.read(path)
+
+    def read(self, path: Path) -> ImageOutcome:
+        """Decode and read one file; `seconds` covers decode to result."""
+        started = time.perf_counter()
+        try:
+            image = decode_file(path, self._limits)
+            decoded = time.perf_counter()
+            result = self._pipeline(image)
+        except EdgeError as exc:
+            return ImageOutcome(path, time.perf_counter() - started, error=exc)
+        finished = time.perf_counter()
+        timings = {"decode": round((decoded - started) * 1000.0, 2), **result.timings_ms,
+                   "total": round((finished - started) * 1000.0, 2)}
+        return ImageOutcome(path, finished - started, replace(result, timings_ms=timings))
+
+    def warm_up(self, image: DecodedImage) -> None:
+        """Run once so the first real image does not pay for lazy initialisation."""
+        self._pipeline(image)

