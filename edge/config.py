@@ -32,6 +32,8 @@ class OcrConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the models run")
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
     classifier: bool = Field(True, description="turn upside-down lines (packs that have one)")
+    det_min_side: int = Field(0, ge=0, le=4096,
+                              description="upscale so the shorter side reaches this; 0 = never")
     det_limit_side: int = Field(960, ge=128, le=4096,
                                 description="longest side fed to the detector, pixels")
     det_thresh: Optional[float] = Field(None, gt=0, lt=1,

@@ -51,6 +51,7 @@ def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) ->
 
     return DetectorSettings(
         mean=tuple(preprocess["det_mean"]), std=tuple(preprocess["det_std"]),
-        multiple=preprocess["det_multiple"], limit_side=config.det_limit_side,
+        multiple=preprocess["det_multiple"], min_side=config.det_min_side,
+        limit_side=config.det_limit_side,
         thresh=pick(config.det_thresh, "thresh"), box_thresh=pick(config.box_thresh, "box_thresh"),
         unclip_ratio=pick(config.unclip_ratio, "unclip_ratio"))

@@ -23,6 +23,7 @@ class RecognizerSettings:
     """
 
     height: int = 48
+    min_width: int = 0
     max_width: int = 1600
     width_multiple: int = 32
     batch_size: int = 8
@@ -62,7 +63,8 @@ class Recognizer:
 
     def _bucket(self, width: int) -> int:
         multiple = self._settings.width_multiple
-        return min(self._settings.max_width, math.ceil(width / multiple) * multiple)
+        width = max(self._settings.min_width, math.ceil(width / multiple) * multiple)
+        return min(self._settings.max_width, width)
 
     def _decode(self, probs: np.ndarray) -> list[Recognition]:
         """Greedy CTC: best class per step, repeats merged, blanks dropped."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real model store, rendered pages with known text, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge.calibration import render_page
+from edge.config import OcrConfig, default_model_dir
+from edge.frames import DecodedImage
+from edge.modelstore import ModelStore
+from edge.ocr.factory import build_pipeline
+
+PACKS = ("ppocr-v6-small", "ppocr-v6-tiny")
+
+
+@pytest.fixture(scope="session")
+def store() -> ModelStore:
+    """The model directory the install step filled; tests never download."""
+    store = ModelStore(default_model_dir())
+    missing = [f"{p}/{v}" for p in PACKS for v in ("fp32", "int8")
+               if v not in store.variants(p)]
+    if missing:
+        pytest.fail(f"model variants missing in {store.root}: {', '.join(missing)}; "
+                    "run scripts/setup.sh (edge-ocr models pull all && edge-ocr models quantize all)")
+    return store
+
+
+@pytest.fixture(scope="session")
+def small_int8(store):
+    """The default engine: small pack, int8 variant, CPU."""
+    return build_pipeline(OcrConfig(precision="int8"), store).pipeline
+
+
+@pytest.fixture(scope="session")
+def small_fp32(store):
+    return build_pipeline(OcrConfig(precision="fp32"), store).pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(store):
+    return build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="int8"), store).pipeline
+
+
+def decoded(image) -> DecodedImage:
+    """A BGR array as the engine's input, at full scale."""
+    return DecodedImage(image, image.shape[1], image.shape[0])
+
+
+@pytest.fixture
+def page_files(tmp_path):
+    """Three rendered pages written as JPEG and PNG files; returns (folder, pages by name)."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    pages = {}
+    for seed, suffix in ((7, ".jpg"), (8, ".png"), (9, ".jpg")):
+        page = render_page(seed, lines=6)
+        name = f"page{seed}{suffix}"
+        cv2.imwrite(str(folder / name), page.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        pages[name] = page
+    return folder, pages
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `edge-ocr` in a child process, as a user would."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+                          text=True, env=full_env, timeout=300)

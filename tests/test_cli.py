@@ -1,0 +1,126 @@
+"""`edge-ocr` as a user runs it: output formats, the jsonl contract, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+JSONL_KEYS = {"image", "seconds", "lines"}
+
+
+def test_jsonl_holds_the_contract_for_every_image(page_files, store):
+    folder, pages = page_files
+    done = run_cli("ocr", str(folder), "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["image"] for r in records] == sorted(pages)
+    for record in records:
+        assert JSONL_KEYS <= set(record)
+        assert isinstance(record["seconds"], float) and record["seconds"] > 0
+        for line in record["lines"]:
+            assert len(line["box"]) == 4 and all(len(p) == 2 for p in line["box"])
+            assert all(isinstance(v, float) for p in line["box"] for v in p)
+            assert isinstance(line["text"], str) and isinstance(line["score"], float)
+        expected = {g.text for g in pages[record["image"]].lines}
+        got = {line["text"] for line in record["lines"]}
+        assert len(expected & got) >= len(expected) - 1
+
+
+def test_text_format_prints_a_header_per_image(page_files, store):
+    folder, pages = page_files
+    done = run_cli("ocr", str(folder))
+    assert done.returncode == 0, done.stderr
+    for name in pages:
+        assert f"== {name} ==" in done.stdout
+    assert pages["page8.png"].lines[0].text in done.stdout
+
+
+def test_json_format_is_one_array(page_files, store):
+    folder, pages = page_files
+    done = run_cli("ocr", str(folder / "page8.png"), "--format", "json", "--pack", "ppocr-v6-tiny")
+    records = json.loads(done.stdout)
+    assert len(records) == 1 and records[0]["image"] == "page8.png"
+
+
+def test_bad_file_is_reported_and_the_others_still_read(page_files, store):
+    folder, _ = page_files
+    (folder / "broken.jpg").write_text("not a picture")
+    done = run_cli("ocr", str(folder), "--format", "jsonl")
+    assert done.returncode == 4
+    records = {json.loads(line)["image"]: json.loads(line) for line in done.stdout.splitlines()}
+    assert records["broken.jpg"]["error"]["code"] == "image_unreadable"
+    assert records["page7.jpg"]["lines"]
+    assert "broken.jpg" in done.stderr
+
+
+def test_draw_writes_annotated_images(page_files, store, tmp_path):
+    import cv2
+
+    folder, _ = page_files
+    out = tmp_path / "drawn"
+    done = run_cli("ocr", str(folder / "page7.jpg"), "--draw", str(out))
+    assert done.returncode == 0, done.stderr
+    drawn = cv2.imread(str(out / "page7.ocr.jpg"))
+    original = cv2.imread(str(folder / "page7.jpg"))
+    assert drawn.shape == original.shape
+    assert (abs(drawn.astype(int) - original.astype(int)).sum(axis=2) > 100).mean() > 0.005
+
+
+def test_missing_models_name_the_command_to_run(page_files, tmp_path):
+    folder, _ = page_files
+    done = run_cli("ocr", str(folder), env={"EDGE_OCR_MODEL_DIR": str(tmp_path / "empty")})
+    assert done.returncode == 3
+    assert "edge-ocr models pull ppocr-v6-small" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    done = run_cli("ocr", str(tmp_path / "nowhere.jpg"))
+    assert done.returncode == 78 and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("ocr:\n  threads: 0\n", "ocr.threads"),
+    ("ocr:\n  thresholds: 1\n", "ocr.thresholds"),
+    ("ocr:\n  precision: int4\n", "ocr.precision"),
+])
+def test_check_config_names_the_bad_key(tmp_path, content, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    done = run_cli("check-config", str(path))
+    assert done.returncode == 78
+    assert fragment in done.stderr
+
+
+def test_bench_prints_stage_medians_and_peak_rss(page_files, store):
+    folder, _ = page_files
+    done = run_cli("bench", str(folder), "--pack", "ppocr-v6-tiny")
+    assert done.returncode == 0, done.stderr
+    for label in ("decode", "detect", "recognize", "total", "images/s", "peak RSS"):
+        assert label in done.stdout
+
+
+def test_eval_scores_against_ground_truth(page_files, store, tmp_path):
+    folder, pages = page_files
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name, page in pages.items():
+        rows = [",".join(str(v) for point in g.box for v in point) + "," + g.text
+                for g in page.lines]
+        (gt / f"{name.rsplit('.', 1)[0]}.txt").write_text("\n".join(rows) + "\n")
+    done = run_cli("eval", str(folder), "--gt", str(gt))
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    assert scores["images"] == 3
+    assert scores["words_F1"] >= 0.85
+    assert scores["det_H"] >= 0.8
+
+
+def test_models_list_shows_verified_packs_and_variants(store):
+    done = run_cli("models", "list")
+    assert done.returncode == 0, done.stderr
+    assert "ppocr-v6-small: verified" in done.stdout
+    assert "int8" in done.stdout and "agrees with fp32" in done.stdout

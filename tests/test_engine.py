@@ -1,0 +1,103 @@
+"""The real models read text the tests render themselves, with boxes where the text is."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.calibration import render_page
+from edge.evaluate import polygon_iou
+from edge.imageio import ImageLimits, decode_bytes
+from edge.ocr.pipeline import reading_order
+
+from conftest import decoded
+
+
+def _read_fraction(pipeline, seeds, lines=8):
+    hits = total = 0
+    for seed in seeds:
+        page = render_page(seed, lines=lines)
+        got = [line.text for line in pipeline(decoded(page.image)).lines]
+        hits += sum(expected.text in got for expected in page.lines)
+        total += len(page.lines)
+    return hits / total
+
+
+def test_small_int8_reads_rendered_lines(small_int8):
+    assert _read_fraction(small_int8, range(100, 106)) >= 0.85
+
+
+def test_tiny_int8_reads_rendered_lines(tiny_int8):
+    assert _read_fraction(tiny_int8, range(100, 106)) >= 0.75
+
+
+def test_lines_come_in_reading_order_with_boxes_on_the_text(small_int8):
+    page = render_page(42, lines=8)
+    result = small_int8(decoded(page.image))
+    texts = [line.text for line in result.lines]
+    expected = [line.text for line in page.lines if line.text in texts]
+    assert [t for t in texts if t in expected] == expected  # top to bottom
+    for line in result.lines:
+        truth = next((g for g in page.lines if g.text == line.text), None)
+        if truth is not None:
+            iou = polygon_iou(np.array(line.box, np.float32), np.array(truth.box, np.float32))
+            assert iou > 0.5, (line.text, line.box, truth.box)
+
+
+def test_result_carries_size_scores_and_stage_timings(small_int8):
+    page = render_page(3)
+    result = small_int8(decoded(page.image))
+    assert (result.width, result.height) == (page.image.shape[1], page.image.shape[0])
+    assert all(0.5 <= line.score <= 1.0 for line in result.lines)
+    assert {"detect", "recognize"} <= set(result.timings_ms)
+    assert result.text.splitlines() == [line.text for line in result.lines]
+
+
+def test_boxes_are_in_original_pixels_after_a_reduced_decode(small_int8):
+    page = render_page(11, lines=5)
+    big = cv2.resize(page.image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    ok, data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    image = decode_bytes(data.tobytes(), ImageLimits(max_side=1000))
+    assert image.pixels.shape[1] == 1000
+    assert image.scale == pytest.approx(big.shape[1] / 1000)
+    result = small_int8(image)
+    assert (result.width, result.height) == (big.shape[1], big.shape[0])
+    matched = 0
+    for line in result.lines:
+        truth = next((g for g in page.lines if g.text == line.text), None)
+        if truth is not None:
+            scaled = np.array(truth.box, np.float32) * 4
+            assert polygon_iou(np.array(line.box, np.float32), scaled) > 0.5
+            matched += 1
+    assert matched >= 3
+
+
+def test_vertical_line_is_turned_before_recognition(small_int8):
+    canvas = np.full((120, 700, 3), 240, np.uint8)
+    cv2.putText(canvas, "SERIAL 48213", (20, 80), cv2.FONT_HERSHEY_DUPLEX, 1.6, (10, 10, 10), 2,
+                cv2.LINE_AA)
+    vertical = cv2.rotate(canvas, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    texts = [line.text for line in small_int8(decoded(vertical)).lines]
+    assert "SERIAL 48213" in texts
+
+
+def test_upside_down_line_is_read_the_right_way_up(small_int8):
+    canvas = np.full((140, 800, 3), 235, np.uint8)
+    cv2.putText(canvas, "Delivery 20931", (30, 90), cv2.FONT_HERSHEY_DUPLEX, 1.6, (10, 10, 10), 2,
+                cv2.LINE_AA)
+    texts = [line.text for line in small_int8(decoded(cv2.rotate(canvas, cv2.ROTATE_180))).lines]
+    assert "Delivery 20931" in texts
+
+
+def test_blank_image_gives_no_lines(small_int8):
+    assert small_int8(decoded(np.full((300, 400, 3), 255, np.uint8))).lines == ()
+
+
+def test_reading_order_groups_rows_then_left_to_right():
+    def box(x, y, w=50, h=20):
+        return [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+
+    quads = np.array([box(300, 102), box(10, 100), box(10, 200), box(150, 98)], np.float32)
+    ordered = reading_order(quads)
+    assert [int(q[0][0]) for q in ordered] == [10, 150, 300, 10]

@@ -1,0 +1,68 @@
+"""Quantized variants: int8 agrees with fp32, and records what it was calibrated on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import pytest
+
+from edge.calibration import render_page
+from edge.config import OcrConfig
+from edge.modelstore import ModelStore
+from edge.ocr.factory import build_pipeline
+from edge.quantize import build_fp16, build_int8, folder_set, rendered_set
+
+from conftest import decoded
+
+
+def test_installed_int8_agrees_with_fp32_on_the_same_images(small_int8, small_fp32):
+    same = total = 0
+    for seed in range(200, 206):
+        image = decoded(render_page(seed).image)
+        expected = [line.text for line in small_fp32(image).lines]
+        got = set(line.text for line in small_int8(image).lines)
+        same += sum(text in got for text in expected)
+        total += len(expected)
+    assert total > 30
+    assert same / total >= 0.95
+
+
+def test_installed_int8_records_its_calibration_and_agreement(store):
+    info = store.variant("ppocr-v6-small", "int8").info
+    assert info["calibration"]["source"] in ("rendered", "folder")
+    assert info["agreement"]["det_pixels"] >= 0.99
+    assert info["agreement"]["lines_text"] >= 0.9
+
+
+@pytest.fixture
+def tiny_copy(store, tmp_path):
+    """A private model directory holding only the tiny pack's fp32 files."""
+    source = store.pack_dir("ppocr-v6-tiny")
+    shutil.copytree(source / "fp32", tmp_path / "ppocr-v6-tiny" / "fp32")
+    return ModelStore(tmp_path, store.manifest)
+
+
+def test_site_calibration_from_a_folder_of_frames(tiny_copy, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for seed in range(300, 310):
+        cv2.imwrite(str(frames / f"frame{seed}.png"), render_page(seed).image)
+    (frames / "broken.jpg").write_bytes(b"not an image")
+    variant = build_int8(tiny_copy, "ppocr-v6-tiny", folder_set(frames, count=6))
+    recorded = json.loads((tmp_path / "ppocr-v6-tiny" / "int8" / "variant.json").read_text())
+    assert recorded["calibration"] == {"source": "folder", "path": str(frames.resolve()),
+                                       "images": 6}
+    assert recorded["agreement"]["images"] == 4  # the frames not used to calibrate
+    assert variant.info["agreement"]["det_pixels"] >= 0.98
+    assert variant.files["det"].parent.name == "int8"
+    assert variant.files["rec"].parent.name == "fp32"
+
+
+def test_fp16_variant_agrees_with_fp32(tiny_copy):
+    variant = build_fp16(tiny_copy, "ppocr-v6-tiny", rendered_set(count=1).check[:3])
+    assert variant.info["agreement"]["det_pixels"] >= 0.999
+    assert variant.info["agreement"]["lines_text"] >= 0.95
+    engine = build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="fp16"), tiny_copy)
+    assert engine.variant.precision == "fp16"
