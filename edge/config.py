@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge.errors import ConfigError
 
 ENV_MODEL_DIR = "EDGE_OCR_MODEL_DIR"
+ENV_CONFIG = "EDGE_OCR_CONFIG"
 
 
 class _Section(BaseModel):
@@ -31,10 +32,13 @@ class OcrConfig(_Section):
         "auto", description="model variant; auto = int8 on CPU, fp16 on CUDA, else fp32")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the models run")
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    charset: Literal["all", "latin"] = Field(
+        "all", description="characters the recogniser may output; latin is faster and cannot "
+                           "confuse digits with look-alikes of other scripts; all = whole dictionary")
     classifier: bool = Field(True, description="turn upside-down lines (packs that have one)")
     det_min_side: int = Field(0, ge=0, le=4096,
                               description="upscale so the shorter side reaches this; 0 = never")
-    det_limit_side: int = Field(960, ge=128, le=4096,
+    det_limit_side: int = Field(1280, ge=128, le=4096,
                                 description="longest side fed to the detector, pixels")
     det_thresh: Optional[float] = Field(None, gt=0, lt=1,
                                         description="binarisation threshold; null = pack default")
@@ -43,7 +47,7 @@ class OcrConfig(_Section):
     unclip_ratio: Optional[float] = Field(None, ge=1.0, le=4.0,
                                           description="box growth factor; null = pack default")
     min_score: float = Field(0.5, ge=0, le=1, description="lines scoring lower are dropped")
-    rec_batch: int = Field(8, ge=1, le=64, description="line crops per recogniser run")
+    rec_batch: int = Field(4, ge=1, le=64, description="line crops per recogniser run")
 
 
 class ImagesConfig(_Section):
@@ -72,7 +76,9 @@ class EdgeConfig(_Section):
 
 
 def load_config(path: Path | None) -> EdgeConfig:
-    """Load and validate a YAML config file; None gives the defaults."""
+    """Load and validate a YAML config file: `path`, else $EDGE_OCR_CONFIG, else the defaults."""
+    if path is None and os.environ.get(ENV_CONFIG):
+        path = Path(os.environ[ENV_CONFIG])
     if path is None:
         return EdgeConfig()
     try:

@@ -124,3 +124,12 @@ def test_models_list_shows_verified_packs_and_variants(store):
     assert done.returncode == 0, done.stderr
     assert "ppocr-v6-small: verified" in done.stdout
     assert "int8" in done.stdout and "agrees with fp32" in done.stdout
+
+
+def test_config_from_the_environment_selects_the_pack(page_files, store, tmp_path):
+    folder, _ = page_files
+    config = tmp_path / "tiny.yaml"
+    config.write_text("ocr:\n  pack: ppocr-v6-tiny\n  precision: fp32\n")
+    done = run_cli("-v", "ocr", str(folder / "page7.jpg"), env={"EDGE_OCR_CONFIG": str(config)})
+    assert done.returncode == 0, done.stderr
+    assert "pack ppocr-v6-tiny, fp32 variant" in done.stderr

@@ -101,3 +101,16 @@ def test_reading_order_groups_rows_then_left_to_right():
     quads = np.array([box(300, 102), box(10, 100), box(10, 200), box(150, 98)], np.float32)
     ordered = reading_order(quads)
     assert [int(q[0][0]) for q in ordered] == [10, 150, 300, 10]
+
+
+def test_latin_charset_reads_rendered_text_with_latin_characters_only(store):
+    from edge.config import OcrConfig
+    from edge.ocr.charset import LATIN
+    from edge.ocr.factory import build_pipeline
+
+    latin = build_pipeline(OcrConfig(charset="latin"), store).pipeline
+    assert _read_fraction(latin, range(100, 104)) >= 0.85
+    canvas = np.full((120, 600, 3), 240, np.uint8)
+    cv2.putText(canvas, "Lot 1-1 Total", (20, 80), cv2.FONT_HERSHEY_PLAIN, 3.0, (0, 0, 0), 3)
+    text = latin(decoded(canvas)).text
+    assert text and set(text) <= LATIN

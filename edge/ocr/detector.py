@@ -26,7 +26,7 @@ class DetectorSettings:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     multiple: int = 32
     min_side: int = 0
-    limit_side: int = 960
+    limit_side: int = 1280
     thresh: float = 0.3
     box_thresh: float = 0.5
     unclip_ratio: float = 1.6

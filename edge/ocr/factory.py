@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from edge.config import OcrConfig
 from edge.modelstore import ModelStore, Variant
+from edge.ocr.charset import CHARSETS, restrict_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
 from edge.ocr.detector import Detector, DetectorSettings
 from edge.ocr.pipeline import OcrPipeline
@@ -31,10 +32,7 @@ def build_pipeline(config: OcrConfig, store: ModelStore) -> LoadedEngine:
     session_settings = SessionSettings(device=device, threads=config.threads)
     det_model = ModelSession(variant.files["det"], session_settings)
     detector = Detector(det_model, detector_settings(config, spec.preprocess, spec.postprocess))
-    rec_model = ModelSession(variant.files["rec"], session_settings)
-    recognizer = Recognizer(rec_model, variant.charset,
-                            RecognizerSettings(height=spec.preprocess["rec_height"],
-                                               batch_size=config.rec_batch))
+    recognizer = _recognizer(config, variant, spec.preprocess, session_settings)
     classifier = None
     if config.classifier and "cls" in variant.files:
         height, width = spec.preprocess["cls_shape"]
@@ -42,6 +40,16 @@ def build_pipeline(config: OcrConfig, store: ModelStore) -> LoadedEngine:
                                 ClassifierSettings(height=height, width=width))
     pipeline = OcrPipeline(detector, recognizer, classifier, min_score=config.min_score)
     return LoadedEngine(pipeline, variant, device, tuple(det_model.providers))
+
+
+def _recognizer(config: OcrConfig, variant: Variant, preprocess: dict,
+                session_settings: SessionSettings) -> Recognizer:
+    charset, model = variant.charset, None
+    if config.charset != "all":
+        model, charset = restrict_recognizer(variant.files["rec"], charset, CHARSETS[config.charset])
+    session = ModelSession(variant.files["rec"], session_settings, model)
+    settings = RecognizerSettings(height=preprocess["rec_height"], batch_size=config.rec_batch)
+    return Recognizer(session, charset, settings)
 
 
 def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) -> DetectorSettings:

@@ -25,8 +25,8 @@ class RecognizerSettings:
     height: int = 48
     min_width: int = 0
     max_width: int = 1600
-    width_multiple: int = 32
-    batch_size: int = 8
+    width_multiple: int = 8
+    batch_size: int = 4
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,10 @@ def resolve_device(device: str) -> str:
 class ModelSession:
     """One loaded ONNX model with a single input, run on numpy arrays."""
 
-    def __init__(self, path: Path, settings: SessionSettings) -> None:
+    def __init__(self, path: Path, settings: SessionSettings, model: bytes | None = None) -> None:
+        """Load `path`, or the serialized `model` when given (`path` then names it in errors)."""
         self.path = path
-        self._session = _load(path, settings)
+        self._session = _load(model if model is not None else str(path), settings, path)
         self._input = self._session.get_inputs()[0].name
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
@@ -68,7 +69,7 @@ class ModelSession:
         return self._session.get_providers()
 
 
-def _load(path: Path, settings: SessionSettings) -> ort.InferenceSession:
+def _load(source: str | bytes, settings: SessionSettings, path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = settings.threads
@@ -78,7 +79,7 @@ def _load(path: Path, settings: SessionSettings) -> ort.InferenceSession:
     options.log_severity_level = 3
     providers = [_CUDA, _CPU] if resolve_device(settings.device) == "cuda" else [_CPU]
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated pybind types here
         raise ModelError(f"cannot load model {path}: {exc}",
                          "run 'edge-ocr models pull' to fetch the pack again") from exc
