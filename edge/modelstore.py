@@ -26,7 +26,10 @@ import yaml
 
 from edge.errors import ConfigError, FetchError, ModelHashError, ModelMissingError
 
-MANIFEST = Path(__file__).resolve().parent.parent / "models" / "manifest.yaml"
+# In a source checkout the manifest sits in models/; an installed package carries a copy under
+# <prefix>/share/edge-ocr/ (pyproject's data-files).
+_MANIFESTS = (Path(__file__).resolve().parent.parent / "models" / "manifest.yaml",
+              Path(sys.prefix) / "share" / "edge-ocr" / "manifest.yaml")
 PRECISIONS = ("fp32", "int8", "fp16")
 
 
@@ -60,8 +63,12 @@ class Variant:
         return self.files["dict"].read_text(encoding="utf-8").splitlines()
 
 
-def load_manifest(path: Path = MANIFEST) -> dict[str, PackSpec]:
-    """Read the pack manifest."""
+def load_manifest(path: Path | None = None) -> dict[str, PackSpec]:
+    """Read the pack manifest (the installed one unless `path` is given)."""
+    path = path or next((p for p in _MANIFESTS if p.is_file()), None)
+    if path is None:
+        raise ModelMissingError("models/manifest.yaml is not installed",
+                                "reinstall edge-ocr from its source tree")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     return {name: PackSpec(name=name, **spec) for name, spec in raw["packs"].items()}
 
