@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(evaluate)
     evaluate.add_argument("--gt", type=Path, required=True, metavar="DIR",
                           help="ground-truth folder (<stem>.csv, <stem>.txt or gt_<stem>.txt)")
-    evaluate.set_defaults(handler=_run_command("eval"))
+    evaluate.set_defaults(handler=_run_command("evaluate"))
 
     samples = commands.add_parser("samples", help="write sample images with known text")
     samples.add_argument("folder", type=Path)

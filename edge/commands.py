@@ -48,7 +48,7 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+def evaluate(args: argparse.Namespace) -> int:
     """`edge-ocr eval PATH... --gt DIR`: words P/R/F1 and detection H-mean."""
     from edge.evaluate import Tally, find_ground_truth, read_ground_truth
 

@@ -223,17 +223,17 @@ def _write_dictionary(archive: zipfile.ZipFile, spec: PackSpec, rec: Path, dest:
 
 
 def _check_hash(path: Path, expected: str, what: str) -> None:
-    actual = sha256_of(path)
-    if actual != expected:
-        raise ModelHashError(f"{what}: sha256 {actual} does not match the pinned {expected}",
-                             "the download was damaged or replaced; the pack was not installed")
+    _require_digest(sha256_of(path), expected, what)
 
 
 def _check_bytes(data: bytes, expected: str, what: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
+    _require_digest(hashlib.sha256(data).hexdigest(), expected, what)
+
+
+def _require_digest(actual: str, expected: str, what: str) -> None:
     if actual != expected:
         raise ModelHashError(f"{what}: sha256 {actual} does not match the pinned {expected}",
-                             "the wheel does not hold the pinned files; the pack was not installed")
+                             "the download was damaged or replaced; the pack was not installed")
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:

@@ -32,6 +32,7 @@ from edge.frames import DecodedImage
 from edge.modelstore import ModelStore, Variant, write_variant
 from edge.ocr.detector import Detector
 from edge.ocr.factory import build_pipeline, detector_settings
+from edge.ocr.pipeline import OcrPipeline
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +118,21 @@ def _quantize_static(source: Path, dest: Path, inputs: list[np.ndarray]) -> None
                           Path(tmp) / "opset17.onnx")
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(converted), str(prepared), skip_symbolic_shape=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(staged), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=QUANTIZED_OPS)
-        staged.replace(dest)
+        _save(onnx.load(str(staged)), dest)
 
 
 def _save(model: onnx.ModelProto, dest: Path) -> Path:
+    """Write beside the destination, then rename: a running daemon never loads half a model."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dest))
+    staged = dest.with_name(f".{dest.name}.tmp")
+    onnx.save(model, str(staged))
+    staged.chmod(0o644)
+    staged.replace(dest)
     return dest
 
 
@@ -147,7 +151,7 @@ def _record_agreement(store: ModelStore, pack: str, precision: str,
     info = dict(variant.info, agreement=agreement)
     info.pop("precision", None)
     write_variant(store.pack_dir(pack), precision, variant.files, info)
-    log.info("%s %s agrees with fp32: %s", pack, precision, agreement)
+    log.debug("%s %s agrees with fp32: %s", pack, precision, agreement)
     return store.variant(pack, precision)
 
 
@@ -161,7 +165,7 @@ def _pixel_agreement(base: Detector, new: Detector, images: Iterable[DecodedImag
     return same / total if total else 1.0
 
 
-def _text_agreement(base, new, images: Iterable[DecodedImage]) -> float:
+def _text_agreement(base: OcrPipeline, new: OcrPipeline, images: Iterable[DecodedImage]) -> float:
     same = total = 0
     for image in images:
         expected = [line.text for line in base(image).lines]

@@ -17,9 +17,9 @@ class DetectorSettings:
     """Pre- and post-processing of the DB detector.
 
     `min_side` upscales small images until their shorter side reaches it (small print is found
-    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side; `thresh` binarises the probability map;
-    `box_thresh` drops boxes whose mean probability is lower; `unclip_ratio` grows each shrunk
-    text kernel back to the whole line.
+    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side;
+    `thresh` binarises the probability map; `box_thresh` drops boxes whose mean probability is
+    lower; `unclip_ratio` grows each shrunk text kernel back to the whole line.
     """
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -41,10 +41,8 @@ class Detector:
     def __init__(self, model: Model, settings: DetectorSettings) -> None:
         self._model = model
         self._settings = settings
-        mean = np.array(settings.mean, np.float32) * 255.0
-        std = np.array(settings.std, np.float32) * 255.0
-        self._offset = mean
-        self._factor = 1.0 / std
+        self._offset = np.array(settings.mean, np.float32) * 255.0
+        self._factor = 1.0 / (np.array(settings.std, np.float32) * 255.0)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Detect text in a BGR image."""
