@@ -13,6 +13,7 @@ from edge.config import EdgeConfig, load_config, model_dir, with_overrides
 from edge.errors import ImageError
 from edge.imageio import ImageLimits, decode_file
 from edge.modelstore import ModelStore
+from edge.output import as_jsonl, as_text, outcome_record
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +23,17 @@ def ocr(args: argparse.Namespace) -> int:
     config = _engine_config(args)
     files = collect_images(args.paths)
     runner = _runner(config)
-    outcomes = []
+    records, failed = [], False
     for outcome in _progress(runner(files), len(files)):
         _print_outcome(outcome, args.format, several=len(files) > 1)
         if args.draw and outcome.result is not None:
             _draw(outcome, args.draw, config)
-        outcomes.append(outcome)
+        if args.format == "json":
+            records.append(outcome_record(outcome))
+        failed = failed or outcome.error is not None
     if args.format == "json":
-        from edge.output import outcome_record
-        print(json.dumps([outcome_record(o) for o in outcomes], ensure_ascii=False, indent=2))
-    return _exit_status(outcomes)
+        print(json.dumps(records, ensure_ascii=False, indent=2))
+    return ImageError.exit_code if failed else 0
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -183,8 +185,6 @@ def _progress(outcomes, total: int):
 
 
 def _print_outcome(outcome: ImageOutcome, fmt: str, several: bool) -> None:
-    from edge.output import as_jsonl, as_text
-
     if outcome.error is not None:
         print(f"edge-ocr: {outcome.path}: {outcome.error} [{outcome.error.code}]", file=sys.stderr)
     if fmt == "jsonl":
@@ -198,10 +198,6 @@ def _draw(outcome: ImageOutcome, folder: Path, config: EdgeConfig) -> None:
 
     image = decode_file(outcome.path, image_limits(config))
     write_drawing(folder, outcome.path.name, image.pixels, outcome.result, image.scale)
-
-
-def _exit_status(outcomes: list[ImageOutcome]) -> int:
-    return ImageError.exit_code if any(o.error is not None for o in outcomes) else 0
 
 
 def _describe_variant(info: dict) -> str:

@@ -33,8 +33,6 @@ def as_jsonl(outcome: ImageOutcome) -> str:
 
 
 def as_text(outcome: ImageOutcome, with_header: bool) -> str:
-    """The text of the image, line by line; a `== name ==` header when several images print."""
+    """The text of a read image, line by line; a `== name ==` header when several images print."""
     header = f"== {outcome.path.name} ==\n" if with_header else ""
-    if outcome.error is not None:
-        return f"{header}error: {outcome.error.message} [{outcome.error.code}]"
     return header + outcome.result.text
