@@ -133,3 +133,29 @@ def test_config_from_the_environment_selects_the_pack(page_files, store, tmp_pat
     done = run_cli("-v", "ocr", str(folder / "page7.jpg"), env={"EDGE_OCR_CONFIG": str(config)})
     assert done.returncode == 0, done.stderr
     assert "pack ppocr-v6-tiny, fp32 variant" in done.stderr
+
+
+def test_progress_bar_only_when_stderr_is_a_terminal(page_files, store):
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    folder, _ = page_files
+    command = [sys.executable, "-m", "edge.cli", "ocr", str(folder), "--format", "jsonl",
+               "--pack", "ppocr-v6-tiny"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=slave)
+    seen = b""
+    while child.poll() is None or select.select([master], [], [], 0.3)[0]:
+        if select.select([master], [], [], 0.1)[0]:
+            seen += os.read(master, 4096)
+    os.close(master)
+    os.close(slave)
+    assert b"3/3" in seen and b"img/s" in seen
+    assert "img/s" not in run_cli(*command[3:]).stderr
