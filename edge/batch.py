@@ -17,12 +17,14 @@ Pipeline = Callable[[DecodedImage], OcrResult]
 
 @dataclass(frozen=True)
 class ImageOutcome:
-    """One input file: its result or the error that stopped it, and the seconds it took."""
+    """One input file: its result (and the image it was read from) or the error that stopped
+    it, and the seconds it took."""
 
     path: Path
     seconds: float
     result: Optional[OcrResult] = None
     error: Optional[EdgeError] = None
+    image: Optional[DecodedImage] = None
 
 
 def collect_images(paths: Iterable[Path]) -> list[Path]:
@@ -63,7 +65,8 @@ class BatchRunner:
         finished = time.perf_counter()
         timings = {"decode": round((decoded - started) * 1000.0, 2), **result.timings_ms,
                    "total": round((finished - started) * 1000.0, 2)}
-        return ImageOutcome(path, finished - started, replace(result, timings_ms=timings))
+        return ImageOutcome(path, finished - started, replace(result, timings_ms=timings),
+                            image=image)
 
     def warm_up(self, image: DecodedImage) -> None:
         """Run once so the first real image does not pay for lazy initialisation."""

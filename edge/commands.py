@@ -11,7 +11,7 @@ from pathlib import Path
 from edge.batch import BatchRunner, ImageOutcome, collect_images
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
 from edge.errors import ImageError
-from edge.imageio import ImageLimits, decode_file
+from edge.imageio import ImageLimits
 from edge.modelstore import ModelStore
 from edge.output import as_jsonl, as_text, outcome_record
 
@@ -27,7 +27,7 @@ def ocr(args: argparse.Namespace) -> int:
     for outcome in _progress(runner(files), len(files)):
         _print_outcome(outcome, args.format, several=len(files) > 1)
         if args.draw and outcome.result is not None:
-            _draw(outcome, args.draw, config)
+            _draw(outcome, args.draw)
         if args.format == "json":
             records.append(outcome_record(outcome))
         failed = failed or outcome.error is not None
@@ -193,10 +193,10 @@ def _print_outcome(outcome: ImageOutcome, fmt: str, several: bool) -> None:
         print(as_text(outcome, with_header=several), flush=True)
 
 
-def _draw(outcome: ImageOutcome, folder: Path, config: EdgeConfig) -> None:
+def _draw(outcome: ImageOutcome, folder: Path) -> None:
     from edge.draw import write_drawing
 
-    image = decode_file(outcome.path, image_limits(config))
+    image = outcome.image
     write_drawing(folder, outcome.path.name, image.pixels, outcome.result, image.scale)
 
 
