@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 
 ENV_MODEL_DIR = "EDGE_OCR_MODEL_DIR"
 ENV_CONFIG = "EDGE_OCR_CONFIG"
+ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # device ids and camera names: safe inside a topic
 
 
 class _Section(BaseModel):
@@ -67,11 +69,136 @@ class ModelsConfig(_Section):
         None, description=f"model directory (${ENV_MODEL_DIR} overrides it); null = per-user cache")
 
 
+class FolderSource(_Section):
+    """A spool folder: images written or moved into it are read, then released."""
+
+    path: Path = Field(description="folder to watch (not recursive)")
+    settle_seconds: float = Field(
+        2.0, ge=0, le=3600, description="a file is taken once its size and mtime held still this "
+                                        "long (network shares send no close-write event)")
+
+
+class CameraSource(_Section):
+    """A camera or stream, read every `interval_seconds`."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="names the camera in messages and health")
+    url: Union[int, str] = Field(
+        description="device index (0), V4L2 path (/dev/video0), rtsp:// or http:// URL, or a "
+                    "video file")
+    interval_seconds: float = Field(1.0, ge=0, le=86400, description="time between frames read")
+    change_threshold: float = Field(
+        0.02, ge=0, le=1, description="frames whose mean grey-level change is below this "
+                                      "fraction are skipped without OCR")
+    heartbeat_seconds: float = Field(
+        60.0, ge=1, le=86400, description="publish an unchanged text again after this long")
+    open_timeout_seconds: float = Field(10.0, gt=0, le=300, description="give up opening after")
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300, description="give up a read after")
+    reconnect_max_seconds: float = Field(
+        60.0, ge=1, le=3600, description="longest wait between reconnects (back-off doubles)")
+    loop: bool = Field(False, description="video files only: start again at the end")
+
+
+class SourcesConfig(_Section):
+    """Where images come from."""
+
+    folders: list[FolderSource] = Field(default_factory=list, description="spool folders")
+    cameras: list[CameraSource] = Field(default_factory=list, description="cameras and streams")
+
+
+class SpoolConfig(_Section):
+    """What happens to spool files after they are read."""
+
+    after: Literal["delete", "move"] = Field(
+        "delete", description="delete a file once its result is queued, or move it to done_dir")
+    done_dir: Optional[Path] = Field(None, description="null = <state_dir>/done")
+    failed_dir: Optional[Path] = Field(None, description="null = <state_dir>/failed")
+    done_max_age_days: float = Field(7.0, gt=0, le=3650, description="older done files go")
+    done_max_mb: float = Field(1024.0, gt=0, le=10**7, description="oldest done files go past this")
+    reconcile_seconds: float = Field(
+        30.0, ge=1, le=86400, description="full scan that catches events the kernel dropped")
+    ignore_suffixes: list[str] = Field(
+        [".tmp", ".part", ".partial", ".crdownload", ".download", ".swp", "~"],
+        description="names ending so are partial downloads and are never taken; dot-files never")
+
+
+class ResourcesConfig(_Section):
+    """RAM budget and the frame queue."""
+
+    memory_mb: int = Field(
+        0, ge=0, le=65536, description="peak RSS the daemon stays inside; the planner picks decode "
+                                       "reduction, detector side and batch to fit; 0 = no budget")
+    queue_size: int = Field(4, ge=1, le=1000, description="frames waiting for the worker")
+
+
+class TlsConfig(_Section):
+    """TLS to the broker. Relative paths are looked up in $CREDENTIALS_DIRECTORY when set."""
+
+    ca_file: Optional[Path] = Field(None, description="CA bundle; null = the system's")
+    cert_file: Optional[Path] = Field(None, description="client certificate (PEM)")
+    key_file: Optional[Path] = Field(None, description="client key (PEM)")
+
+
+class MqttConfig(_Section):
+    """The broker the results go to."""
+
+    host: str = Field("localhost", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 for TLS)")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; 5 reports refusals in PUBACK, 3.1.1 cannot")
+    client_id: Optional[str] = Field(None, description="null = edge-ocr-<device_id>")
+    topic_prefix: str = Field("edge-ocr", pattern=r"^[A-Za-z0-9_/-]{1,128}$",
+                              description="topics are <prefix>/<device_id>/...")
+    username: Optional[str] = Field(None, description="user name, if the broker wants one")
+    password_file: Optional[Path] = Field(
+        None, description="file holding the password; relative = in $CREDENTIALS_DIRECTORY")
+    tls: Optional[TlsConfig] = Field(None, description="null = plain TCP")
+    keepalive_seconds: int = Field(30, ge=5, le=3600, description="MQTT keep-alive")
+    inflight: int = Field(20, ge=1, le=1000, description="results awaiting PUBACK at once")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, (int, float)) else value
+
+
+class OutboxConfig(_Section):
+    """The on-disk queue between the worker and the broker."""
+
+    path: Optional[Path] = Field(None, description="SQLite file; null = <state_dir>/outbox.db")
+    max_mb: float = Field(256.0, gt=0, le=10**6, description="oldest messages dropped past this")
+    max_age_hours: float = Field(168.0, gt=0, le=87600, description="older messages are dropped")
+
+
+class HealthConfig(_Section):
+    """The retained health message."""
+
+    interval_seconds: float = Field(30.0, ge=1, le=3600, description="how often it is published")
+
+
+class PathsConfig(_Section):
+    """Where the daemon keeps its state and its temporary files."""
+
+    state_dir: Optional[Path] = Field(
+        None, description="null = $STATE_DIRECTORY, else ~/.local/state/edge-ocr")
+    runtime_dir: Optional[Path] = Field(
+        None, description="private temp folder, emptied at start and after every frame; "
+                          "null = $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/edge-ocr, else /tmp")
+
+
 class EdgeConfig(_Section):
     """The whole configuration file."""
 
+    device_id: str = Field("edge-ocr-1", pattern=NAME_PATTERN,
+                           description="names this box in topics and messages")
+    sources: SourcesConfig = SourcesConfig()
     ocr: OcrConfig = OcrConfig()
     images: ImagesConfig = ImagesConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    spool: SpoolConfig = SpoolConfig()
+    health: HealthConfig = HealthConfig()
+    paths: PathsConfig = PathsConfig()
     models: ModelsConfig = ModelsConfig()
 
 
@@ -123,3 +250,40 @@ def model_dir(config: EdgeConfig) -> Path:
     if os.environ.get(ENV_MODEL_DIR) or config.models.dir is None:
         return default_model_dir()
     return config.models.dir
+
+
+def secret_path(path: Path) -> Path:
+    """A secret's file: relative paths are looked up in $CREDENTIALS_DIRECTORY (systemd) if set."""
+    if not path.is_absolute() and os.environ.get(ENV_CREDENTIALS):
+        return Path(os.environ[ENV_CREDENTIALS]) / path
+    return path
+
+
+def read_secret(path: Path) -> str:
+    """The first line of a secret file, without its line end."""
+    resolved = secret_path(path)
+    try:
+        return resolved.read_text(encoding="utf-8").splitlines()[0] if resolved.stat().st_size else ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret {resolved}: {exc.strerror}",
+                          f"create it, or set ${ENV_CREDENTIALS}") from exc
+
+
+def state_dir(config: EdgeConfig) -> Path:
+    """Outbox, done and failed folders: the setting, $STATE_DIRECTORY, or ~/.local/state."""
+    if config.paths.state_dir is not None:
+        return config.paths.state_dir
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local" / "state" / "edge-ocr"
+
+
+def runtime_dir(config: EdgeConfig) -> Path:
+    """The private temp folder: the setting, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, or /tmp."""
+    if config.paths.runtime_dir is not None:
+        return config.paths.runtime_dir
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "edge-ocr"
+    return Path("/tmp") / f"edge-ocr-{os.getuid()}"

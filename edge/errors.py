@@ -79,3 +79,45 @@ class InferenceError(EdgeError):
 
     code = "inference_failed"
     exit_code = 5
+
+
+class OutboxError(EdgeError):
+    """The outbox file cannot be opened or written (disk full, permissions, corruption)."""
+
+    code = "outbox_failed"
+    exit_code = 74  # EX_IOERR
+
+
+class BrokerError(EdgeError):
+    """The MQTT settings cannot be used (TLS files, client options)."""
+
+    code = "broker_config"
+    exit_code = 78
+
+
+class SpoolError(EdgeError):
+    """A spool file is refused before decoding: a link, a FIFO, a device, too big, gone."""
+
+    code = "spool_refused"
+    exit_code = 4
+
+
+class CameraError(EdgeError):
+    """A camera cannot be opened or stopped delivering frames."""
+
+    code = "camera_failed"
+    exit_code = 6
+
+
+class CommandError(EdgeError):
+    """An MQTT command is malformed or unknown."""
+
+    code = "bad_command"
+    exit_code = 2
+
+
+class InternalError(EdgeError):
+    """A bug: an unexpected exception while handling one frame (the daemon goes on)."""
+
+    code = "internal_error"
+    exit_code = 70

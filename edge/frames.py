@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -44,3 +45,31 @@ class OcrResult:
     def text(self) -> str:
         """All lines joined by newlines, in reading order."""
         return "\n".join(line.text for line in self.lines)
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a frame came from, as messages name it: a folder and file, a camera, a command.
+
+    `item` is the file name (made printable), the camera's frame number or the correlation id.
+    """
+
+    kind: str  # folder | camera | command
+    name: str
+    item: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One unit of work for the worker: encoded bytes (files, commands) or pixels (cameras).
+
+    `key` lets the source that made it find it again (the claimed file's name); `attempt` counts
+    how often it was tried, restarts included.
+    """
+
+    source: SourceRef
+    key: str
+    captured_at: float
+    data: Optional[bytes] = None
+    pixels: Optional[np.ndarray] = None
+    attempt: int = 1

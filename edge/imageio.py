@@ -34,6 +34,7 @@ class ImageLimits:
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 100_000_000
     max_side: int = 4096
+    max_decode_pixels: int = 0  # largest buffer the decoder may fill (a RAM budget); 0 = any
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ def decode_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
     if header.format == "jpeg" and not _jpeg_is_complete(data):
         raise ImageUnreadableError("truncated JPEG: no end-of-image marker")
     factor = _reduction(header, limits.max_side) if header.format == "jpeg" else 1
+    decoded_pixels = (header.width // factor) * (header.height // factor)
+    if limits.max_decode_pixels and decoded_pixels > limits.max_decode_pixels:
+        raise ImageTooLargeError(
+            f"{header.format} {header.width}x{header.height} would decode to {decoded_pixels} "
+            f"pixels, over the {limits.max_decode_pixels} the memory budget allows",
+            "send a smaller image, a JPEG (decoded reduced), or raise resources.memory_mb")
     image = _imdecode(data, _REDUCED_JPEG_FLAGS[factor])
     image = _shrink_to(image, limits.max_side)
     scale = header.width / image.shape[1]
@@ -194,3 +201,12 @@ def _probe_tiff(data: bytes) -> ImageHeader | None:
     if 256 not in dims or 257 not in dims:
         raise ImageUnreadableError("TIFF without image dimensions")
     return ImageHeader("tiff", dims[256], dims[257])
+
+
+def from_pixels(pixels: np.ndarray, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+    """A camera frame as engine input, shrunk to `limits.max_side` like a decoded file."""
+    height, width = pixels.shape[:2]
+    if pixels.ndim == 2:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    image = _shrink_to(pixels, limits.max_side)
+    return DecodedImage(image, width, height, width / image.shape[1])

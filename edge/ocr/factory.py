@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from edge.config import OcrConfig
 from edge.modelstore import ModelStore, Variant
@@ -12,6 +13,20 @@ from edge.ocr.detector import Detector, DetectorSettings
 from edge.ocr.pipeline import OcrPipeline
 from edge.ocr.recognizer import Recognizer, RecognizerSettings
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """The model sessions of one pack variant, ready to be wired (cheaply, more than once)."""
+
+    variant: Variant
+    device: str
+    det: ModelSession
+    rec: ModelSession
+    charset: tuple[str, ...]
+    cls: Optional[ModelSession]
+    preprocess: dict
+    postprocess: dict
 
 
 @dataclass(frozen=True)
@@ -26,30 +41,41 @@ class LoadedEngine:
 
 def build_pipeline(config: OcrConfig, store: ModelStore) -> LoadedEngine:
     """Load the models the config asks for and connect the stages."""
+    models = load_models(config, store)
+    return LoadedEngine(assemble(models, config), models.variant, models.device,
+                        tuple(models.det.providers))
+
+
+def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
+    """Open a session for each model of the chosen variant (the slow, memory-heavy part)."""
     device = resolve_device(config.device)
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
-    session_settings = SessionSettings(device=device, threads=config.threads)
-    det_model = ModelSession(variant.files["det"], session_settings)
-    detector = Detector(det_model, detector_settings(config, spec.preprocess, spec.postprocess))
-    recognizer = _recognizer(config, variant, spec.preprocess, session_settings)
-    classifier = None
-    if config.classifier and "cls" in variant.files:
-        height, width = spec.preprocess["cls_shape"]
-        classifier = Classifier(ModelSession(variant.files["cls"], session_settings),
-                                ClassifierSettings(height=height, width=width))
-    pipeline = OcrPipeline(detector, recognizer, classifier, min_score=config.min_score)
-    return LoadedEngine(pipeline, variant, device, tuple(det_model.providers))
-
-
-def _recognizer(config: OcrConfig, variant: Variant, preprocess: dict,
-                session_settings: SessionSettings) -> Recognizer:
-    charset, model = variant.charset, None
+    settings = SessionSettings(device=device, threads=config.threads)
+    charset, rec_bytes = variant.charset, None
     if config.charset != "all":
-        model, charset = restrict_recognizer(variant.files["rec"], charset, CHARSETS[config.charset])
-    session = ModelSession(variant.files["rec"], session_settings, model)
-    settings = RecognizerSettings(height=preprocess["rec_height"], batch_size=config.rec_batch)
-    return Recognizer(session, charset, settings)
+        rec_bytes, charset = restrict_recognizer(variant.files["rec"], charset,
+                                                 CHARSETS[config.charset])
+    cls = None
+    if config.classifier and "cls" in variant.files:
+        cls = ModelSession(variant.files["cls"], settings)
+    return LoadedModels(variant, device, ModelSession(variant.files["det"], settings),
+                        ModelSession(variant.files["rec"], settings, rec_bytes), tuple(charset),
+                        cls, spec.preprocess, spec.postprocess)
+
+
+def assemble(models: LoadedModels, config: OcrConfig, max_columns: int = 0) -> OcrPipeline:
+    """Wire the stages around loaded sessions with the config's thresholds, side limit and batch."""
+    detector = Detector(models.det, detector_settings(config, models.preprocess,
+                                                      models.postprocess))
+    recognizer = Recognizer(models.rec, models.charset, RecognizerSettings(
+        height=models.preprocess["rec_height"], batch_size=config.rec_batch,
+        max_columns=max_columns))
+    classifier = None
+    if models.cls is not None:
+        height, width = models.preprocess["cls_shape"]
+        classifier = Classifier(models.cls, ClassifierSettings(height=height, width=width))
+    return OcrPipeline(detector, recognizer, classifier, min_score=config.min_score)
 
 
 def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) -> DetectorSettings:

@@ -34,6 +34,11 @@ class OcrPipeline:
         """The detection stage (quantization checks compare it across variants)."""
         return self._detector
 
+    @property
+    def recognizer(self) -> Recognizer:
+        """The recognition stage (the memory planner measures it alone)."""
+        return self._recognizer
+
     def __call__(self, image: DecodedImage) -> OcrResult:
         """Read all text lines of one decoded image."""
         timings = {}

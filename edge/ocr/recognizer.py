@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -19,7 +19,8 @@ class RecognizerSettings:
 
     Crops are sorted by width and batched; each batch is padded to a width rounded up to
     `width_multiple`, so few distinct input shapes reach the runtime. `max_width` caps very long
-    lines (they are squeezed, not cut).
+    lines (they are squeezed, not cut). `max_columns` caps batch size times padded width, the
+    recogniser's working memory: wide lines then go in smaller batches.
     """
 
     height: int = 48
@@ -27,6 +28,7 @@ class RecognizerSettings:
     max_width: int = 1600
     width_multiple: int = 8
     batch_size: int = 4
+    max_columns: int = 0  # batch x padded width cap (bounds peak memory); 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,26 @@ class Recognizer:
         widths = [scaled_width(c, settings.height, settings.max_width) for c in crops]
         order = np.argsort(widths, kind="stable")
         results: list[Recognition | None] = [None] * len(crops)
-        for start in range(0, len(order), settings.batch_size):
-            index = order[start:start + settings.batch_size]
+        for index in self._batches(order, widths):
             batch_widths = [widths[i] for i in index]
             width = self._bucket(max(batch_widths))
             batch = pack_batch([crops[i] for i in index], settings.height, width, batch_widths)
             for i, recognition in zip(index, self._decode(self._model(batch))):
                 results[i] = recognition
         return results  # type: ignore[return-value]
+
+    def _batches(self, order: np.ndarray, widths: list[int]) -> Iterator[list[int]]:
+        """Runs of the width-sorted order, each within batch_size and max_columns."""
+        size, columns = self._settings.batch_size, self._settings.max_columns
+        batch: list[int] = []
+        for i in order:
+            wider = self._bucket(widths[i]) * (len(batch) + 1)
+            if batch and (len(batch) == size or (columns and wider > columns)):
+                yield batch
+                batch = []
+            batch.append(int(i))
+        if batch:
+            yield batch
 
     def _bucket(self, width: int) -> int:
         multiple = self._settings.width_multiple

@@ -1,0 +1,241 @@
+"""RAM budget: a memory model measured on the pack, a plan that fits the budget, an RSS watch.
+
+The model is measured, not guessed: a child process loads the pack exactly as the daemon does,
+then runs the detector and the recogniser at a few sizes and reads its own peak RSS after each
+(Linux resets the peak when "5" is written to /proc/self/clear_refs). It runs in a child so the
+daemon's own peak stays an honest record for anyone reading it from outside. The planner then
+picks the detector's side limit, the recogniser's batch width and the decode size so that the
+predicted peak fits, and the watch degrades the plan a step when the real peak comes close.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
+DEGRADE_AT = 0.92  # a peak above this share of the budget steps the plan down
+REC_LINE_COLUMNS = 1600  # one line at the recogniser's widest: the smallest batch that works
+_SIDES = (1280, 1152, 1024, 960, 896, 832, 768, 704, 640, 576, 512, 448, 384, 320)
+_IMAGE_SIDES = (4096, 3072, 2560, 2048, 1600, 1280, 1024)
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Measured cost of one pack variant in MB: the process at rest with the models loaded, and
+    the working memory of the detector (per megapixel of its input) and of the recogniser (per
+    thousand columns of a 48-pixel-high batch)."""
+
+    base_mb: float
+    det_fixed_mb: float
+    det_mb_per_mpx: float
+    rec_fixed_mb: float
+    rec_mb_per_kcol: float
+
+    def detector_mb(self, side: int) -> float:
+        """Peak working memory of the detector on a square input of `side` pixels."""
+        return self.det_fixed_mb + self.det_mb_per_mpx * side * side / 1e6
+
+    def recognizer_mb(self, columns: int) -> float:
+        """Peak working memory of the recogniser on a batch `columns` wide in all."""
+        return self.rec_fixed_mb + self.rec_mb_per_kcol * columns / 1000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the planner chose: detector side limit, recogniser columns, decode size limits."""
+
+    budget_mb: int
+    det_limit_side: int
+    rec_max_columns: int
+    image_max_side: int
+    max_decode_pixels: int
+    predicted_mb: float
+
+    def describe(self) -> str:
+        """One line for the start-up log and health."""
+        return (f"budget {self.budget_mb} MB: detector side {self.det_limit_side}, recogniser "
+                f"{self.rec_max_columns} columns per batch, images decoded to "
+                f"{self.image_max_side} px (at most {self.max_decode_pixels / 1e6:.1f} MP), "
+                f"predicted peak {self.predicted_mb:.0f} MB")
+
+
+def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_columns: int,
+         wanted_image_side: int) -> Plan:
+    """The most accurate settings whose predicted peak fits `budget_mb`.
+
+    The detector's side limit matters most to accuracy, so it is kept as high as it can be;
+    then the decode size, then the recogniser's batch width.
+    """
+    usable = budget_mb * HEADROOM - model.base_mb
+    for side in [wanted_side] + [s for s in _SIDES if s < wanted_side]:
+        for image_side in [wanted_image_side] + [s for s in _IMAGE_SIDES if s < wanted_image_side]:
+            if image_side < side:
+                break
+            found = _fit_columns(model, usable, side, image_side, wanted_columns)
+            if found is not None:
+                columns, stage_mb = found
+                decode_pixels = int(usable * _MB / _DECODE_BYTES_PER_PIXEL)
+                return Plan(budget_mb, side, columns, image_side, decode_pixels,
+                            round(model.base_mb + stage_mb, 1))
+    need = model.base_mb + _image_mb(_IMAGE_SIDES[-1]) + max(
+        model.detector_mb(_SIDES[-1]), model.recognizer_mb(REC_LINE_COLUMNS))
+    raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
+                      f"about {need / HEADROOM:.0f} MB",
+                      "raise resources.memory_mb, or use ocr.pack ppocr-v6-tiny")
+
+
+def step_down(current: Plan, model: MemoryModel) -> Optional[Plan]:
+    """The next smaller plan, or None when there is nothing left to give up."""
+    smaller = [s for s in _SIDES if s < current.det_limit_side]
+    if smaller:
+        side = smaller[0]
+        return replace(current, det_limit_side=side,
+                       image_max_side=max(side, min(current.image_max_side, side * 2)),
+                       rec_max_columns=max(REC_LINE_COLUMNS, current.rec_max_columns // 2),
+                       predicted_mb=round(model.base_mb + model.detector_mb(side), 1))
+    return None
+
+
+_DECODE_BYTES_PER_PIXEL = 8.0  # decoded BGR (3) + the shrunk copy and the file's bytes
+
+
+def _image_mb(side: int) -> float:
+    return side * side * 3 / _MB
+
+
+def _fit_columns(model: MemoryModel, usable: float, side: int, image_side: int,
+                 wanted: int) -> Optional[tuple[int, float]]:
+    """Widest recogniser batch (from `wanted` down to one line) that fits beside the image."""
+    image = _image_mb(image_side)
+    if image + model.detector_mb(side) > usable:
+        return None
+    columns = wanted
+    while columns >= REC_LINE_COLUMNS:
+        if image + model.recognizer_mb(columns) <= usable:
+            return columns, image + max(model.detector_mb(side), model.recognizer_mb(columns))
+        columns //= 2
+    return None
+
+
+# --- measuring (in a child process) ---------------------------------------------------------
+
+def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
+    """The memory model for these OCR settings: from the cache, else measured in a child."""
+    if cache.exists():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == ocr_json:
+            return MemoryModel(**cached["model"])
+    log.info("measuring the memory model of the pack (once; cached in %s)", cache)
+    done = subprocess.run([sys.executable, "-m", "edge.budget", ocr_json, str(model_dir)],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ConfigError(f"measuring the pack's memory use failed: {done.stderr.strip()[-400:]}",
+                          "check `edge-ocr models list`")
+    model = MemoryModel(**json.loads(done.stdout.splitlines()[-1]))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": ocr_json, "model": asdict(model)}), encoding="utf-8")
+    return model
+
+
+def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
+    import numpy as np
+
+    import edge.service  # noqa: F401  (everything the daemon imports counts in the base)
+    from edge.calibration import render_page
+    from edge.config import OcrConfig
+    from edge.modelstore import ModelStore
+    from edge.ocr.factory import assemble, load_models
+
+    config = OcrConfig.model_validate_json(ocr_json)
+    models = load_models(config, ModelStore(model_dir))
+    page = render_page(1, lines=8).image
+    detector_at = lambda side: assemble(models, config.model_copy(  # noqa: E731
+        update={"det_limit_side": side})).detector
+    detector_at(320)(page)
+    base = _settled_rss()
+    det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
+           for side in (320, 640, 960)]
+    recognizer = assemble(models, config).recognizer
+    line = np.full((48, 1600, 3), 255, np.uint8)
+    rec = [(batch * 1.6, _peak_of(lambda: recognizer([line] * batch), base))
+           for batch in (1, 2, 4)]
+    det_fixed, det_slope = _line_fit(det)
+    rec_fixed, rec_slope = _line_fit(rec)
+    return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
+                       round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _square(image, side: int):
+    import cv2
+    return cv2.resize(image, (side, side))
+
+
+def _peak_of(work: Callable[[], object], base: float) -> float:
+    _settled_rss()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as exc:
+        raise SystemExit(f"cannot reset the peak RSS to measure: {exc}") from exc
+    work()
+    return max(0.0, read_memory().peak_mb - base)
+
+
+def _settled_rss() -> float:
+    release_free_memory()
+    return read_memory().rss_mb
+
+
+def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope, neither below zero."""
+    import numpy as np
+    xs, ys = np.array(points).T
+    slope, intercept = np.polyfit(xs, ys, 1)
+    slope = max(0.0, float(slope))
+    return max(0.0, float(intercept), float(ys.max() - slope * xs.max())), slope
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """Resident memory now and at its highest, in MB."""
+
+    rss_mb: float
+    peak_mb: float
+
+
+def read_memory(status: Path = Path("/proc/self/status")) -> MemoryReading:
+    """VmRSS and VmHWM of a process (this one by default); zeros where /proc has neither."""
+    values = {"VmRSS": 0.0, "VmHWM": 0.0}
+    try:
+        for line in status.read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in values:
+                values[key] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return MemoryReading(round(values["VmRSS"], 1), round(values["VmHWM"], 1))
+
+
+def release_free_memory() -> None:
+    """Hand freed heap back to the kernel (glibc keeps it otherwise); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    print(json.dumps(asdict(_measure(sys.argv[1], Path(sys.argv[2])))))

@@ -1,0 +1,247 @@
+"""The broker link (paho-mqtt 2.x) and the delivery of the outbox over it.
+
+`MqttLink` owns the paho client: connection in the background with back-off, retained
+availability with a last will, command subscription, and translation of paho's errors.
+`Delivery` moves outbox messages to the link in sequence order, at most `inflight` at a time,
+and deletes each only when its PUBACK carries a success code (MQTT v5 reports refusals there;
+3.1.1 cannot). Messages handed to paho stay there across reconnects (paho resends them), so a
+message is handed over once per process; a restart sends every unacknowledged one again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge import payload
+from edge.config import MqttConfig, read_secret, secret_path
+from edge.errors import BrokerError
+from edge.outbox import Outbox
+from edge.payload import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command received on `cmd/<name>`, and where its reply goes."""
+
+    name: str
+    body: bytes
+    response_topic: Optional[str]
+    correlation: Optional[bytes]
+
+
+class MqttLink:
+    """One paho client: connects in the background, reconnects, announces availability."""
+
+    def __init__(self, config: MqttConfig, topics: Topics,
+                 on_command: Callable[[Command], None]) -> None:
+        self._config = config
+        self._topics = topics
+        self._on_command = on_command
+        self._connected = threading.Event()
+        self._acks: "queue.SimpleQueue[tuple[int, bool, str]]" = queue.SimpleQueue()
+        self.connects = 0
+        self.on_ack: Callable[[], None] = lambda: None
+        self._client = self._make_client()
+
+    @property
+    def connected(self) -> bool:
+        """True while a session with the broker is up."""
+        return self._connected.is_set()
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first."""
+        return max(0, self.connects - 1)
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is down is retried, never fatal."""
+        self._client.connect_async(self._config.host, self._config.port,
+                                   self._config.keepalive_seconds)
+        self._client.loop_start()
+
+    def publish(self, topic: str, body: bytes, retain: bool = False,
+                properties: Optional[Properties] = None) -> int:
+        """Hand one QoS 1 message to paho; returns its MQTT message id."""
+        try:
+            return self._client.publish(topic, body, qos=1, retain=retain,
+                                        properties=properties).mid
+        except ValueError as exc:
+            raise BrokerError(f"paho refused a message for {topic!r}: {exc}") from exc
+
+    def reply(self, command: Command, body: bytes) -> None:
+        """Answer a command on its v5 response topic (with its correlation data), else on
+        `replies`."""
+        properties = None
+        if self._config.protocol == "5" and command.correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = command.correlation
+        self.publish(command.response_topic or self._topics.replies, body, properties=properties)
+
+    def acknowledgements(self) -> list[tuple[int, bool, str]]:
+        """PUBACKs received since the last call: (message id, accepted, reason)."""
+        acks = []
+        while True:
+            try:
+                acks.append(self._acks.get_nowait())
+            except queue.Empty:
+                return acks
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish `stopped` (retained), wait briefly for it, and disconnect."""
+        if self.connected:
+            info = self._client.publish(self._topics.status,
+                                        payload.status_body(self._topics.device, "stopped"),
+                                        qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish the stopped status before exit")
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _make_client(self) -> paho.Client:
+        config = self._config
+        protocol = paho.MQTTv5 if config.protocol == "5" else paho.MQTTv311
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=protocol,
+                             client_id=config.client_id or f"edge-ocr-{self._topics.device}")
+        client.will_set(self._topics.status, payload.status_body(self._topics.device, "offline"),
+                        qos=1, retain=True)
+        if config.username is not None:
+            password = read_secret(config.password_file) if config.password_file else None
+            client.username_pw_set(config.username, password)
+        if config.tls is not None:
+            _set_tls(client, config)
+        client.reconnect_delay_set(1, 30)
+        client.max_inflight_messages_set(config.inflight)
+        client.on_connect = self._connected_cb
+        client.on_disconnect = self._disconnected_cb
+        client.on_publish = self._published_cb
+        client.on_message = self._message_cb
+        return client
+
+    def _connected_cb(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self._config.host,
+                      self._config.port, reason_code)
+            return
+        self.connects += 1
+        log.info("connected to %s:%d", self._config.host, self._config.port)
+        client.subscribe(self._topics.commands, qos=1)
+        client.publish(self._topics.status, payload.status_body(self._topics.device, "online"),
+                       qos=1, retain=True)
+        self._connected.set()
+        self.on_ack()
+
+    def _disconnected_cb(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+        self._connected.clear()
+
+    def _published_cb(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.put((mid, not reason_code.is_failure, str(reason_code)))
+        self.on_ack()
+
+    def _message_cb(self, client, userdata, message) -> None:
+        name = message.topic.rsplit("/", 1)[-1]
+        props = getattr(message, "properties", None)
+        self._on_command(Command(name, bytes(message.payload),
+                                 getattr(props, "ResponseTopic", None),
+                                 getattr(props, "CorrelationData", None)))
+
+
+def _set_tls(client: paho.Client, config: MqttConfig) -> None:
+    tls = config.tls
+
+    def resolved(path):
+        return str(secret_path(path)) if path is not None else None
+
+    try:
+        client.tls_set(ca_certs=resolved(tls.ca_file), certfile=resolved(tls.cert_file),
+                       keyfile=resolved(tls.key_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise BrokerError(f"cannot use the TLS files of mqtt.tls: {exc}",
+                          "check mqtt.tls paths (relative ones are read from "
+                          "$CREDENTIALS_DIRECTORY)") from exc
+
+
+class Delivery:
+    """Moves outbox messages to the broker in order and deletes them on a successful PUBACK."""
+
+    def __init__(self, outbox: Outbox, link: MqttLink, window: int) -> None:
+        self._outbox = outbox
+        self._link = link
+        self._window = window
+        self._inflight: dict[int, int] = {}  # MQTT message id -> outbox seq
+        self._last_seq = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
+        link.on_ack = self._wake.set
+
+    def start(self) -> None:
+        """Start the delivery thread."""
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Something was queued: look at the outbox now rather than at the next tick."""
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        """Messages handed to the broker and not yet acknowledged."""
+        return len(self._inflight)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or `timeout` seconds passed (False)."""
+        waited = threading.Event()
+        for _ in range(int(timeout / 0.05)):
+            if not self._inflight and self._outbox.stats().depth == 0:
+                return True
+            waited.wait(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Stop the thread and join it."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._settle_acks()
+                self._send_more()
+            except Exception:  # a failing disk must not end delivery for good
+                log.exception("delivery step failed; retrying")
+                self._stop.wait(1.0)
+
+    def _settle_acks(self) -> None:
+        for mid, accepted, reason in self._link.acknowledgements():
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue
+            if accepted:
+                self._outbox.acknowledge(seq)
+            else:
+                self._outbox.reject(seq, reason)
+
+    def _send_more(self) -> None:
+        free = self._window - len(self._inflight)
+        if not self._link.connected or free <= 0:
+            return
+        for message in self._outbox.pending(self._last_seq, free):
+            self._inflight[self._link.publish(message.topic, message.payload)] = message.seq
+            self._last_seq = message.seq
