@@ -23,12 +23,15 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
+HEADROOM = 0.85  # plan for this share of the budget; the rest absorbs what the model misses
 DEGRADE_AT = 0.92  # a peak above this share of the budget steps the plan down
-REC_LINE_COLUMNS = 1600  # one line at the recogniser's widest: the smallest batch that works
-_SIDES = (1280, 1152, 1024, 960, 896, 832, 768, 704, 640, 576, 512, 448, 384, 320)
+IMAGE_SHARE = 0.10  # of the working memory, for the decoded image itself
+REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
+REC_MIN_WIDTH = 320  # below this lines are squeezed too far to read
+DET_MIN_PIXELS = 100_000  # below this the detector misses ordinary print
 _IMAGE_SIDES = (4096, 3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
+_DECODE_BYTES_PER_PIXEL = 8.0  # decoded BGR (3) + the shrunk copy and the file's bytes
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,9 @@ class MemoryModel:
     rec_fixed_mb: float
     rec_mb_per_kcol: float
 
-    def detector_mb(self, side: int) -> float:
-        """Peak working memory of the detector on a square input of `side` pixels."""
-        return self.det_fixed_mb + self.det_mb_per_mpx * side * side / 1e6
+    def detector_mb_at(self, pixels: int) -> float:
+        """Peak working memory of the detector on an input of `pixels` pixels."""
+        return self.det_fixed_mb + self.det_mb_per_mpx * pixels / 1e6
 
     def recognizer_mb(self, columns: int) -> float:
         """Peak working memory of the recogniser on a batch `columns` wide in all."""
@@ -54,10 +57,12 @@ class MemoryModel:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the planner chose: detector side limit, recogniser columns, decode size limits."""
+    """What the planner chose: caps on the detector's input area, the recogniser's line width
+    and batch width, and the decode size."""
 
     budget_mb: int
-    det_limit_side: int
+    det_max_pixels: int
+    rec_max_width: int
     rec_max_columns: int
     image_max_side: int
     max_decode_pixels: int
@@ -65,68 +70,52 @@ class Plan:
 
     def describe(self) -> str:
         """One line for the start-up log and health."""
-        return (f"budget {self.budget_mb} MB: detector side {self.det_limit_side}, recogniser "
-                f"{self.rec_max_columns} columns per batch, images decoded to "
+        return (f"budget {self.budget_mb} MB: detector input up to "
+                f"{self.det_max_pixels / 1e6:.2f} MP, lines up to {self.rec_max_width} px wide, "
+                f"{self.rec_max_columns} columns per recogniser batch, images decoded to "
                 f"{self.image_max_side} px (at most {self.max_decode_pixels / 1e6:.1f} MP), "
                 f"predicted peak {self.predicted_mb:.0f} MB")
 
 
-def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_columns: int,
+def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int,
          wanted_image_side: int) -> Plan:
     """The most accurate settings whose predicted peak fits `budget_mb`.
 
-    The detector's side limit matters most to accuracy, so it is kept as high as it can be;
-    then the decode size, then the recogniser's batch width.
+    The detector is planned by input area, not side, so a long receipt keeps its resolution;
+    a tenth of the working memory is set aside for the decoded image.
     """
     usable = budget_mb * HEADROOM - model.base_mb
-    for side in [wanted_side] + [s for s in _SIDES if s < wanted_side]:
-        for image_side in [wanted_image_side] + [s for s in _IMAGE_SIDES if s < wanted_image_side]:
-            if image_side < side:
-                break
-            found = _fit_columns(model, usable, side, image_side, wanted_columns)
-            if found is not None:
-                columns, stage_mb = found
-                decode_pixels = int(usable * _MB / _DECODE_BYTES_PER_PIXEL)
-                return Plan(budget_mb, side, columns, image_side, decode_pixels,
-                            round(model.base_mb + stage_mb, 1))
-    need = model.base_mb + _image_mb(_IMAGE_SIDES[-1]) + max(
-        model.detector_mb(_SIDES[-1]), model.recognizer_mb(REC_LINE_COLUMNS))
-    raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
-                      f"about {need / HEADROOM:.0f} MB",
-                      "raise resources.memory_mb, or use ocr.pack ppocr-v6-tiny")
+    image_side = next((side for side in _IMAGE_SIDES if side <= wanted_image_side
+                       and _image_mb(side) <= usable * IMAGE_SHARE), _IMAGE_SIDES[-1])
+    room = usable - _image_mb(image_side)
+    det_pixels = min(wanted_side * wanted_side,
+                     int((room - model.det_fixed_mb) / max(model.det_mb_per_mpx, 1e-6) * 1e6))
+    rec_columns = int((room - model.rec_fixed_mb) / max(model.rec_mb_per_kcol, 1e-6) * 1000)
+    rec_width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
+    if det_pixels < DET_MIN_PIXELS or rec_width < REC_MIN_WIDTH:
+        need = model.base_mb + _image_mb(_IMAGE_SIDES[-1]) + max(
+            model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH))
+        raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
+                          f"about {need / HEADROOM:.0f} MB",
+                          "raise resources.memory_mb, or use ocr.pack ppocr-v6-tiny")
+    columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
+    stage = max(model.detector_mb_at(det_pixels), model.recognizer_mb(columns))
+    return Plan(budget_mb, det_pixels, rec_width, columns, image_side,
+                int(usable * _MB / _DECODE_BYTES_PER_PIXEL),
+                round(model.base_mb + _image_mb(image_side) + stage, 1))
 
 
-def step_down(current: Plan, model: MemoryModel) -> Optional[Plan]:
-    """The next smaller plan, or None when there is nothing left to give up."""
-    smaller = [s for s in _SIDES if s < current.det_limit_side]
-    if smaller:
-        side = smaller[0]
-        return replace(current, det_limit_side=side,
-                       image_max_side=max(side, min(current.image_max_side, side * 2)),
-                       rec_max_columns=max(REC_LINE_COLUMNS, current.rec_max_columns // 2),
-                       predicted_mb=round(model.base_mb + model.detector_mb(side), 1))
-    return None
-
-
-_DECODE_BYTES_PER_PIXEL = 8.0  # decoded BGR (3) + the shrunk copy and the file's bytes
+def step_down(current: Plan) -> Optional[Plan]:
+    """The next smaller plan (a fifth less detector area and batch width), or None at the floor."""
+    pixels = max(DET_MIN_PIXELS, int(current.det_max_pixels * 0.8))
+    columns = max(current.rec_max_width, int(current.rec_max_columns * 0.8))
+    if pixels == current.det_max_pixels and columns == current.rec_max_columns:
+        return None
+    return replace(current, det_max_pixels=pixels, rec_max_columns=columns)
 
 
 def _image_mb(side: int) -> float:
     return side * side * 3 / _MB
-
-
-def _fit_columns(model: MemoryModel, usable: float, side: int, image_side: int,
-                 wanted: int) -> Optional[tuple[int, float]]:
-    """Widest recogniser batch (from `wanted` down to one line) that fits beside the image."""
-    image = _image_mb(image_side)
-    if image + model.detector_mb(side) > usable:
-        return None
-    columns = wanted
-    while columns >= REC_LINE_COLUMNS:
-        if image + model.recognizer_mb(columns) <= usable:
-            return columns, image + max(model.detector_mb(side), model.recognizer_mb(columns))
-        columns //= 2
-    return None
 
 
 # --- measuring (in a child process) ---------------------------------------------------------
@@ -155,6 +144,7 @@ def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     import edge.service  # noqa: F401  (everything the daemon imports counts in the base)
     from edge.calibration import render_page
     from edge.config import OcrConfig
+    from edge.frames import DecodedImage
     from edge.modelstore import ModelStore
     from edge.ocr.factory import assemble, load_models
 
@@ -163,14 +153,14 @@ def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     page = render_page(1, lines=8).image
     detector_at = lambda side: assemble(models, config.model_copy(  # noqa: E731
         update={"det_limit_side": side})).detector
-    detector_at(320)(page)
+    assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
     base = _settled_rss()
     det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
-           for side in (320, 640, 960)]
+           for side in (320, 640, 960, 960)]
     recognizer = assemble(models, config).recognizer
     line = np.full((48, 1600, 3), 255, np.uint8)
     rec = [(batch * 1.6, _peak_of(lambda: recognizer([line] * batch), base))
-           for batch in (1, 2, 4)]
+           for batch in (1, 2, 4, 4)]
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    run = commands.add_parser("run", help="the daemon: spool folders and cameras to MQTT")
+    run.add_argument("--config", type=Path, help="YAML config file (default: $EDGE_OCR_CONFIG)")
+    run.set_defaults(handler=_run_command("run"))
+
     ocr = commands.add_parser("ocr", help="read the text in image files and folders")
     _engine_options(ocr)
     ocr.add_argument("--format", choices=("text", "json", "jsonl"), default="text")

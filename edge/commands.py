@@ -11,11 +11,17 @@ from pathlib import Path
 from edge.batch import BatchRunner, ImageOutcome, collect_images
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
 from edge.errors import ImageError
-from edge.imageio import ImageLimits
 from edge.modelstore import ModelStore
 from edge.output import as_jsonl, as_text, outcome_record
 
 log = logging.getLogger(__name__)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`edge-ocr run`: the daemon, until SIGTERM."""
+    from edge.daemon import build_service
+
+    return build_service(load_config(args.config)).run()
 
 
 def ocr(args: argparse.Namespace) -> int:
@@ -161,19 +167,13 @@ def _packs(store: ModelStore, name: str | None) -> list[str]:
 
 
 def _runner(config: EdgeConfig) -> BatchRunner:
+    from edge.engine import image_limits
     from edge.ocr.factory import build_pipeline
 
     engine = build_pipeline(config.ocr, _store(config))
     log.debug("pack %s, %s variant on %s (%s)", config.ocr.pack, engine.variant.precision,
               engine.device, ", ".join(engine.providers))
-    return BatchRunner(engine.pipeline, image_limits(config))
-
-
-def image_limits(config: EdgeConfig) -> ImageLimits:
-    """Decoder limits from the config's images section."""
-    images = config.images
-    return ImageLimits(max_bytes=int(images.max_file_mb * 1024 * 1024),
-                       max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side)
+    return BatchRunner(engine.pipeline, image_limits(config.images))
 
 
 def _progress(outcomes, total: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +18,8 @@ class DetectorSettings:
     """Pre- and post-processing of the DB detector.
 
     `min_side` upscales small images until their shorter side reaches it (small print is found
-    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side;
+    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side, as
+    does `max_pixels`, a cap on the input's area that a RAM budget sets;
     `thresh` binarises the probability map; `box_thresh` drops boxes whose mean probability is
     lower; `unclip_ratio` grows each shrunk text kernel back to the whole line.
     """
@@ -27,6 +29,7 @@ class DetectorSettings:
     multiple: int = 32
     min_side: int = 0
     limit_side: int = 1280
+    max_pixels: int = 0  # cap on the model input's area (a RAM budget); 0 = none
     thresh: float = 0.3
     box_thresh: float = 0.5
     unclip_ratio: float = 1.6
@@ -67,6 +70,8 @@ class Detector:
         height, width = image.shape[:2]
         ratio = max(1.0, self._settings.min_side / min(height, width))
         ratio = min(ratio, self._settings.limit_side / max(height, width))
+        if self._settings.max_pixels:
+            ratio = min(ratio, math.sqrt(self._settings.max_pixels / (height * width)))
         new_h = self._round(height * ratio)
         new_w = self._round(width * ratio)
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from edge.config import OcrConfig
@@ -64,13 +64,27 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
                         cls, spec.preprocess, spec.postprocess)
 
 
-def assemble(models: LoadedModels, config: OcrConfig, max_columns: int = 0) -> OcrPipeline:
-    """Wire the stages around loaded sessions with the config's thresholds, side limit and batch."""
-    detector = Detector(models.det, detector_settings(config, models.preprocess,
-                                                      models.postprocess))
-    recognizer = Recognizer(models.rec, models.charset, RecognizerSettings(
-        height=models.preprocess["rec_height"], batch_size=config.rec_batch,
-        max_columns=max_columns))
+@dataclass(frozen=True)
+class MemoryCaps:
+    """Limits a RAM budget puts on the stages' working memory; zeros mean none."""
+
+    det_max_pixels: int = 0
+    rec_max_width: int = 0
+    rec_max_columns: int = 0
+
+
+def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryCaps()
+             ) -> OcrPipeline:
+    """Wire the stages around loaded sessions with the config's thresholds, side limit and batch,
+    within `caps`."""
+    det_settings = detector_settings(config, models.preprocess, models.postprocess)
+    detector = Detector(models.det, replace(det_settings, max_pixels=caps.det_max_pixels))
+    rec_settings = RecognizerSettings(height=models.preprocess["rec_height"],
+                                      batch_size=config.rec_batch,
+                                      max_columns=caps.rec_max_columns)
+    if caps.rec_max_width:
+        rec_settings = replace(rec_settings, max_width=caps.rec_max_width)
+    recognizer = Recognizer(models.rec, models.charset, rec_settings)
     classifier = None
     if models.cls is not None:
         height, width = models.preprocess["cls_shape"]

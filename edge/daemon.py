@@ -1,0 +1,89 @@
+"""Wires the daemon from the typed config: the one place that builds a `Service`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edge import budget, payload
+from edge.budget import MemoryModel
+from edge.config import EdgeConfig, model_dir, runtime_dir, state_dir
+from edge.control import Commands
+from edge.engine import DaemonEngine
+from edge.errors import ConfigError
+from edge.modelstore import ModelStore
+from edge.mqtt import Delivery, MqttLink
+from edge.ocr.factory import LoadedModels, load_models
+from edge.outbox import Outbox, OutboxLimits
+from edge.payload import Envelope, Topics
+from edge.runtime import RuntimeDir
+from edge.service import Service
+from edge.sink import ResultSink
+from edge.sources.camera import CameraSource
+from edge.sources.folder import FolderSource
+from edge.spool import Spool, SpoolSettings
+from edge.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+def build_service(config: EdgeConfig) -> Service:
+    """Everything `edge-ocr run` needs, connected; nothing is started yet."""
+    if not config.sources.folders and not config.sources.cameras:
+        raise ConfigError("no sources: set sources.folders or sources.cameras",
+                          "see config/edge-ocr.yaml")
+    runtime = RuntimeDir(runtime_dir(config))
+    runtime.prepare()
+    state = state_dir(config)
+    engine = _engine(config, state)
+    topics = Topics(config.mqtt.topic_prefix, config.device_id)
+    envelope = Envelope(config.device_id, {"pack": config.ocr.pack,
+                                           "variant": engine.models.variant.precision,
+                                           "charset": config.ocr.charset})
+    outbox = Outbox(config.outbox.path or state / "outbox.db", payload.encode, OutboxLimits(
+        int(config.outbox.max_mb * 1024 * 1024), config.outbox.max_age_hours * 3600))
+    queue = WorkQueue(config.resources.queue_size)
+    folders: list[FolderSource] = []
+    link = MqttLink(config.mqtt, topics, on_command=lambda command: commands(command))
+    delivery = Delivery(outbox, link, config.mqtt.inflight)
+    sink = ResultSink(outbox, topics, envelope, delivery.notify)
+    folders = [_folder(config, state, source, queue, sink) for source in config.sources.folders]
+    cameras = [CameraSource(camera, queue, sink) for camera in config.sources.cameras]
+    service = Service(engine, queue, outbox, link, delivery, [*folders, *cameras], runtime,
+                      topics, config.health.interval_seconds)
+    commands = Commands(link, queue, envelope, status=service.snapshot,
+                        rescan=lambda: [folder.rescan() for folder in folders] and None,
+                        retry_failed=lambda: sum(folder.retry_failed() for folder in folders))
+    return service
+
+
+def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:
+    models = load_models(config.ocr, ModelStore(model_dir(config)))
+    if not config.resources.memory_mb:
+        return DaemonEngine(models, config.ocr, config.images)
+    memory_model = _memory_model(config, models, state)
+    plan = budget.plan(memory_model, config.resources.memory_mb, config.ocr.det_limit_side,
+                       config.ocr.rec_batch, config.images.max_side)
+    log.info("memory model %s; plan: %s", memory_model, plan.describe())
+    return DaemonEngine(models, config.ocr, config.images, plan)
+
+
+def _memory_model(config: EdgeConfig, models: LoadedModels, state: Path) -> MemoryModel:
+    key = config.ocr.model_copy(update={"precision": models.variant.precision}).model_dump_json()
+    cache = state / f"memory-model-{config.ocr.pack}.json"
+    return budget.measured_model(key, model_dir(config), cache)
+
+
+def _folder(config: EdgeConfig, state: Path, source, queue: WorkQueue,
+            sink: ResultSink) -> FolderSource:
+    spool = config.spool
+    done = (spool.done_dir or state / "done") if spool.after == "move" else None
+    settings = SpoolSettings(
+        done_dir=done, failed_dir=spool.failed_dir or state / "failed",
+        max_bytes=int(config.images.max_file_mb * 1024 * 1024),
+        ignore_suffixes=tuple(spool.ignore_suffixes),
+        done_max_age_s=spool.done_max_age_days * 86400,
+        done_max_bytes=int(spool.done_max_mb * 1024 * 1024))
+    return FolderSource(Spool(source.path, settings), queue, sink, source.settle_seconds,
+                        spool.reconcile_seconds)
+

@@ -1,0 +1,101 @@
+"""The engine as the daemon runs it: decode limits and pipeline shaped by the RAM plan.
+
+Without a budget it is the configured pipeline. With one, the planner's choices replace the
+detector's side limit, the recogniser's batch width and the decode size, and after every frame
+the process's peak RSS is read: once it comes within reach of the budget, the plan steps down
+(smaller detector input, narrower batches) before the budget breaks, and health says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from edge import budget
+from edge.budget import MemoryReading, Plan
+from edge.config import ImagesConfig, OcrConfig
+from edge.frames import DecodedImage, OcrResult
+from edge.imageio import ImageLimits, decode_bytes, from_pixels
+from edge.ocr.factory import LoadedModels, MemoryCaps, assemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemoryStatus:
+    """Memory as health reports it."""
+
+    rss_mb: float
+    peak_mb: float
+    budget_mb: int
+    degraded: bool
+    plan: Optional[str]
+
+
+class DaemonEngine:
+    """Decode and read one frame at a time within the plan; watch RSS after each."""
+
+    def __init__(self, models: LoadedModels, ocr: OcrConfig, images: ImagesConfig,
+                 plan: Optional[Plan] = None) -> None:
+        self.models = models
+        self._ocr = ocr
+        self._images = images
+        self.plan = plan
+        self.degraded = False
+        self._peak_acted_on = 0.0
+        self._apply()
+
+    def decode(self, raw: Union[bytes, np.ndarray]) -> DecodedImage:
+        """Encoded bytes or camera pixels as engine input, within the decode limits."""
+        if isinstance(raw, np.ndarray):
+            return from_pixels(raw, self._limits)
+        return decode_bytes(raw, self._limits)
+
+    def __call__(self, image: DecodedImage) -> OcrResult:
+        """Read one image."""
+        return self._pipeline(image)
+
+    def after_frame(self) -> MemoryReading:
+        """Return freed heap to the kernel, read RSS, step the plan down if the peak is close."""
+        budget.release_free_memory()
+        reading = budget.read_memory()
+        near = self.plan is not None and reading.peak_mb > self.plan.budget_mb * budget.DEGRADE_AT
+        if near and reading.peak_mb > self._peak_acted_on:  # the peak only ever grows
+            self._peak_acted_on = reading.peak_mb
+            self._step_down(reading)
+        return reading
+
+    def memory(self) -> MemoryStatus:
+        """RSS, peak and the plan, for health."""
+        reading = budget.read_memory()
+        return MemoryStatus(reading.rss_mb, reading.peak_mb,
+                            self.plan.budget_mb if self.plan else 0, self.degraded,
+                            self.plan.describe() if self.plan else None)
+
+    def _step_down(self, reading: MemoryReading) -> None:
+        smaller = budget.step_down(self.plan)
+        if smaller is None or smaller == self.plan:
+            return
+        log.warning("peak RSS %.0f MB is close to the %d MB budget: stepping down to %s",
+                    reading.peak_mb, self.plan.budget_mb, smaller.describe())
+        self.plan, self.degraded = smaller, True
+        self._apply()
+
+    def _apply(self) -> None:
+        caps, limits = MemoryCaps(), image_limits(self._images)
+        if self.plan is not None:
+            plan = self.plan
+            caps = MemoryCaps(plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns)
+            limits = ImageLimits(limits.max_bytes, limits.max_pixels,
+                                 min(limits.max_side, plan.image_max_side), plan.max_decode_pixels)
+        self._limits = limits
+        self._pipeline = assemble(self.models, self._ocr, caps)
+
+
+def image_limits(images: ImagesConfig) -> ImageLimits:
+    """Decoder limits from the config's images section."""
+    return ImageLimits(max_bytes=int(images.max_file_mb * 1024 * 1024),
+                       max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side)

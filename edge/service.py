@@ -1,0 +1,199 @@
+"""The daemon's loop: sources -> bounded queue -> one worker -> outbox -> MQTT.
+
+The worker is the one place where per-frame errors are reported: a bad frame becomes an error
+message, a failed/ file and a counter, never a dead daemon. SIGTERM lets the current frame
+finish, flushes the outbox for a few seconds, publishes `stopped` and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, replace
+from typing import Any, Callable, Optional, Protocol
+
+from edge import payload
+from edge.engine import DaemonEngine
+from edge.errors import EdgeError, InternalError, OutboxError, SpoolError
+from edge.mqtt import Delivery, MqttLink
+from edge.outbox import Outbox
+from edge.payload import Topics
+from edge.runtime import RuntimeDir
+from edge.workqueue import Job, WorkQueue
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # a file that took the daemon down this often is filed as failed
+FLUSH_SECONDS = 3.0
+
+
+class Source(Protocol):
+    """A frame source: it owns its threads."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Service:
+    """Runs the worker in the calling thread until stopped."""
+
+    def __init__(self, engine: DaemonEngine, queue: WorkQueue, outbox: Outbox, link: MqttLink,
+                 delivery: Delivery, sources: list[Source], runtime: RuntimeDir, topics: Topics,
+                 health_interval: float, notify: Callable[[str], None] = lambda state: None
+                 ) -> None:
+        self._engine = engine
+        self._queue = queue
+        self._outbox = outbox
+        self._link = link
+        self._delivery = delivery
+        self._sources = sources
+        self._runtime = runtime
+        self._topics = topics
+        self._health_interval = health_interval
+        self._notify = notify
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._latencies: deque[float] = deque(maxlen=500)
+        self.processed = 0
+        self.failed = 0
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish the current frame and shut down (signal-handler safe)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Start everything, work until stopped, shut down cleanly; returns the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.stop)
+        self._link.start()
+        self._delivery.start()
+        for source in self._sources:
+            source.start()
+        self._notify("ready")
+        next_health = time.monotonic()
+        while not self._stop.is_set():
+            job = self._queue.get(timeout=0.5)
+            if job is not None:
+                self._handle(job)
+            if time.monotonic() >= next_health:
+                self.publish_health()
+                next_health = time.monotonic() + self._health_interval
+            self._notify("watchdog")
+        self._shutdown()
+        return 0
+
+    def _handle(self, job: Job) -> None:
+        started = time.perf_counter()
+        frame = job.frame
+        try:
+            if frame.attempt > MAX_ATTEMPTS:
+                raise SpoolError(f"interrupted the daemon {frame.attempt - 1} times; not retried")
+            raw = job.owner.load(frame)
+            if isinstance(raw, bytes):
+                frame = replace(frame, data=raw)
+            result = self._engine(self._engine.decode(raw))
+        except EdgeError as exc:
+            self._reject(job, frame, exc)
+        except Exception as exc:  # a bug on one frame must not stop the daemon
+            log.exception("unexpected failure on %s", frame.source)
+            self._reject(job, frame, InternalError(f"{type(exc).__name__}: {exc}"))
+        else:
+            self._deliver(job, frame, result, time.perf_counter() - started)
+        finally:
+            self._runtime.clean()
+            self._engine.after_frame()
+
+    def _deliver(self, job: Job, frame, result, seconds: float) -> None:
+        try:
+            job.owner.deliver(frame, result)
+        except OutboxError as exc:  # the disk is full: keep the file, report, go on
+            log.error("cannot queue the result of %r: %s", frame.source.item, exc)
+            self.failed += 1
+            return
+        self.processed += 1
+        self._latencies.append(seconds * 1000.0)
+        log.info("%s %r: %d lines in %.0f ms", frame.source.kind, frame.source.item,
+                 len(result.lines), seconds * 1000.0)
+
+    def _reject(self, job: Job, frame, error: EdgeError) -> None:
+        self.failed += 1
+        log.warning("%s %r refused: %s (%s)", frame.source.kind, frame.source.item,
+                    error.message, error.code)
+        try:
+            job.owner.reject(frame, error)
+        except (EdgeError, OSError) as exc:
+            log.error("cannot file away %r: %s", frame.source.item, exc)
+
+    def publish_health(self) -> None:
+        """Publish the retained health message (if connected)."""
+        if not self._link.connected:
+            return
+        try:
+            self._link.publish(self._topics.health,
+                               payload.health_body(self._topics.device, self.snapshot()),
+                               retain=True)
+        except EdgeError as exc:
+            log.warning("cannot publish health: %s", exc.message)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, queue and outbox depth, memory, latency, link and sources."""
+        outbox = self._outbox.stats()
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "processed": self.processed, "failed": self.failed,
+            "queue": {"depth": len(self._queue), "dropped": self._queue.dropped},
+            "outbox": {**asdict(outbox), "inflight": self._delivery.inflight},
+            "memory": asdict(self._engine.memory()),
+            "latency_ms": _percentiles(self._latencies),
+            "mqtt": {"connected": self._link.connected, "reconnects": self._link.reconnects},
+            "models": _models(self._engine),
+            "sources": {source.name: _source_state(source) for source in self._sources},
+        }
+
+    def _shutdown(self) -> None:
+        log.info("stopping: finishing up")
+        self._notify("stopping")
+        for source in self._sources:
+            source.stop()
+        self._abandon_queued()
+        if not self._delivery.flush(FLUSH_SECONDS):
+            log.warning("%d messages stay in the outbox for the next start",
+                        self._outbox.stats().depth)
+        self._delivery.stop()
+        self._link.stop()
+        self._outbox.close()
+        self._runtime.clean()
+        log.info("stopped")
+
+    def _abandon_queued(self) -> None:
+        """Queued but unread spool files go back to their folder, untouched."""
+        while (job := self._queue.get(timeout=0)) is not None:
+            abandon = getattr(job.owner, "abandon", None)
+            if abandon is not None:
+                abandon(job.frame)
+
+
+def _percentiles(values: deque[float]) -> dict[str, Optional[float]]:
+    if not values:
+        return {"p50": None, "p95": None}
+    ordered = sorted(values)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95)}
+
+
+def _models(engine: DaemonEngine) -> dict[str, str]:
+    variant = engine.models.variant
+    return {"pack": variant.pack, "variant": variant.precision, "device": engine.models.device}
+
+
+def _source_state(source: Source) -> dict[str, Any]:
+    state = getattr(source, "state", None)
+    if state is not None:
+        return {"type": "camera", **asdict(state())}
+    return {"type": "folder", "taken": getattr(source, "taken", 0)}

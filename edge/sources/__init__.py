@@ -1,0 +1,1 @@
+"""Frame sources: spool folders and cameras. Each owns its threads and its stop event."""
