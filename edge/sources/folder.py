@@ -51,6 +51,7 @@ class FolderSource:
         self._settle_s = settle_s
         self._reconcile_s = reconcile_s
         self._candidates: dict[str, _Candidate] = {}
+        self._recovered: list[Claim] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._rescan = threading.Event()
@@ -66,10 +67,7 @@ class FolderSource:
 
     def start(self) -> None:
         """Requeue claimed files left by a crash, scan, watch, and start the taking thread."""
-        for claim in self._spool.recover():
-            log.warning("%s: taking %r again after an interrupted run (attempt %d)",
-                        self.name, claim.original, claim.attempt)
-            self._queue.put(self._job(claim), self._stop)
+        self._recovered = self._spool.recover()
         self._scan()
         self._observer.schedule(_Events(self), self.name, recursive=False)
         self._observer.start()
@@ -129,6 +127,11 @@ class FolderSource:
                 known.closed = known.closed or closed
 
     def _run(self) -> None:
+        for claim in self._recovered:
+            log.warning("%s: taking %r again after an interrupted run (attempt %d)",
+                        self.name, claim.original, claim.attempt)
+            if not self._queue.put(self._job(claim), self._stop):
+                return
         next_scan = time.monotonic() + self._reconcile_s
         while not self._stop.wait(0.1):
             if self._rescan.is_set() or time.monotonic() >= next_scan:
