@@ -275,3 +275,48 @@ def test_health_and_availability_are_retained(broker, run_daemon):
     assert health.json()["mqtt"]["connected"] is True
     daemon.kill()  # no clean exit: the broker publishes the last will
     wait_for(lambda: watcher.on("status")[-1].json()["state"] == "offline", 90, "the last will")
+
+
+# --- RAM budget -----------------------------------------------------------------------------
+
+NORMAL_SIZES = ((960, 720), (480, 1000), (1280, 720), (2480, 3508), (4000, 3000), (1600, 1200))
+
+
+def normal_corpus(count: int) -> list[tuple[str, bytes]]:
+    """`count` ordinary images: rendered pages from receipt to A4-scan and photo sizes."""
+    encoded = []
+    for i, (width, height) in enumerate(NORMAL_SIZES):
+        page = render_page(700 + i, width=width, height=height, lines=12).image
+        suffix = ".png" if i == len(NORMAL_SIZES) - 1 else ".jpg"
+        encoded.append((suffix, cv2.imencode(suffix, page)[1].tobytes()))
+    return [(f"normal-{n:03d}{encoded[n % len(encoded)][0]}", encoded[n % len(encoded)][1])
+            for n in range(count)]
+
+
+@pytest.mark.parametrize("pack, charset, budget_mb", [("ppocr-v6-small", "all", 256),
+                                                      ("ppocr-v6-tiny", "latin", 160)])
+def test_peak_rss_stays_inside_the_memory_budget(tmp_path, broker, run_daemon, pack, charset,
+                                                 budget_mb):
+    subscriber = Subscriber(broker.port)
+    daemon = run_daemon(broker.port, ocr={"pack": pack, "charset": charset},
+                        resources={"memory_mb": budget_mb})
+    daemon.wait_ready(subscriber, timeout=120)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    expected = bad_corpus(daemon.spool, outside)
+    for name, data in normal_corpus(200):
+        daemon.drop(name, data)
+        expected[name] = "result"
+
+    def handled():
+        items = set(subscriber.results_by_item())
+        items |= {m.json()["source"]["item"] for m in subscriber.on("errors")}
+        return set(expected) <= items
+
+    wait_for(handled, 900, "every image of the corpus")
+    peak = daemon.peak_rss_mb()
+    print(f"{pack}: peak RSS {peak:.0f} MB for a {budget_mb} MB budget")
+    assert peak <= budget_mb
+    assert "plan: budget" in daemon.log_text()
+    assert all(name in subscriber.results_by_item() for name, outcome in expected.items()
+               if outcome == "result")

@@ -73,6 +73,7 @@ class CameraSource:
         self._last_thumb: Optional[np.ndarray] = None
         self._last_text: Optional[str] = None
         self._last_published = 0.0
+        self._last_submitted = 0.0
         self._count = 0
 
     @property
@@ -166,16 +167,16 @@ class CameraSource:
                            interpolation=cv2.INTER_AREA).astype(np.float32)
         changed = self._last_thumb is None or float(
             np.mean(np.abs(thumb - self._last_thumb))) / 255.0 >= self._config.change_threshold
-        heartbeat = now - self._last_published >= self._config.heartbeat_seconds
+        heartbeat = now - self._last_submitted >= self._config.heartbeat_seconds
         state = self.state()
         self._update(frames_read=state.frames_read + 1, last_frame_at=now)
         if not changed and not heartbeat:
             self._update(frames_skipped=state.frames_skipped + 1)
             return
-        self._last_thumb = thumb
+        self._last_thumb, self._last_submitted = thumb, now
         self._count += 1
         frame = Frame(SourceRef("camera", self.name, str(self._count)), f"{now:.3f}", now,
-                      pixels=pixels)
+                      pixels=pixels.copy())  # the capture may reuse its buffer
         self._queue.put(Job(frame, self, droppable=True))
 
     def _failed(self, error: CameraError, state: str) -> None:
