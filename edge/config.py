@@ -25,6 +25,12 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # device ids and camera names: safe ins
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _expand_home(cls, value: object) -> object:
+        """`~` in any path setting means the daemon user's home."""
+        return value.expanduser() if isinstance(value, Path) else value
+
 
 class OcrConfig(_Section):
     """The OCR engine: which models, where they run, and how eagerly they report text."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
+from edge.config import read_secret
+from edge.errors import ConfigError
 
 JSONL_KEYS = {"image", "seconds", "lines"}
 
@@ -159,3 +162,30 @@ def test_progress_bar_only_when_stderr_is_a_terminal(page_files, store):
     os.close(slave)
     assert b"3/3" in seen and b"img/s" in seen
     assert "img/s" not in run_cli(*command[3:]).stderr
+
+
+@pytest.mark.parametrize("name", ["edge-ocr.yaml", "examples/kiosk-camera.yaml",
+                                  "examples/scanner-spool.yaml", "examples/pi-low-memory.yaml",
+                                  "examples/tls-broker.yaml", "examples/fleet-device.yaml",
+                                  "examples/latin-documents.yaml", "examples/pi-tiny.yaml"])
+def test_shipped_configs_are_valid(name):
+    path = Path(__file__).resolve().parents[1] / "config" / name
+    done = run_cli("check-config", str(path))
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_config_gives_the_allowed_range(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("resources:\n  memory_mb: -5\nsources:\n  cameras:\n    - name: a/b\n      url: 0\n")
+    done = run_cli("check-config", str(path))
+    assert done.returncode == 78
+    assert "resources.memory_mb: Input should be greater than or equal to 0" in done.stderr
+    assert "sources.cameras.0.name" in done.stderr
+
+
+def test_secrets_are_read_from_the_credentials_directory(tmp_path, monkeypatch):
+    (tmp_path / "mqtt-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert read_secret(Path("mqtt-password")) == "s3cret"
+    with pytest.raises(ConfigError, match="cannot read secret"):
+        read_secret(Path("missing"))
