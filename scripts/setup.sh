@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install edge-ocr into ./.venv, then fetch and quantize the model packs.
+# Install the Debian packages it uses (scripts/system-packages.sh) and edge-ocr into ./.venv,
+# then fetch and quantize the model packs.
 # Safe to run again: packs already present and verified, and variants already built, are kept.
 # Model directory: $EDGE_OCR_MODEL_DIR, else ~/.cache/edge-ocr/models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/system-packages.sh
 python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv

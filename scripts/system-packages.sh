@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the Debian packages the daemon and its tests use, when they are missing:
+# Mosquitto (the local broker and its clients) and ffmpeg (serves a camera stream in tests).
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null 2>&1 || { echo "need root to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "installing Debian packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
