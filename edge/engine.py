@@ -59,8 +59,11 @@ class DaemonEngine:
         return self._pipeline(image)
 
     def after_frame(self) -> MemoryReading:
-        """Return freed heap to the kernel, read RSS, step the plan down if the peak is close."""
-        budget.release_free_memory()
+        """Read RSS; under a budget, return freed heap to the kernel first and step the plan
+        down if the peak came close. (Without one the heap is kept: handing it back costs
+        page faults on the next frame.)"""
+        if self.plan is not None:
+            budget.release_free_memory()
         reading = budget.read_memory()
         near = self.plan is not None and reading.peak_mb > self.plan.budget_mb * budget.DEGRADE_AT
         if near and reading.peak_mb > self._peak_acted_on:  # the peak only ever grows

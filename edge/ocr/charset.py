@@ -8,6 +8,9 @@ can no longer be chosen. The probabilities are then over the kept set only.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -52,3 +55,35 @@ def _head(graph, weights: dict, classes: int):
                 return node, adds[0]
     raise ModelError(f"cannot find the {classes}-class output layer of the recogniser",
                      "set ocr.charset to all for this pack")
+
+
+def restricted_recognizer(rec: Path, dictionary: Path, name: str) -> tuple[Path, list[str]]:
+    """The recogniser cut to charset `name`, cached beside the model as rec.<name>.onnx.
+
+    The cut runs once, in a child process, so the `onnx` package (and its memory) never enters
+    the process that serves; later starts load the cached file directly.
+    """
+    model, chars = rec.with_name(f"rec.{name}.onnx"), rec.with_name(f"rec.{name}.txt")
+    if not (model.exists() and chars.exists()):
+        done = subprocess.run([sys.executable, "-m", "edge.ocr.charset", str(rec),
+                               str(dictionary), name], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ModelError(f"cannot cut {rec} to the {name} charset: "
+                             f"{done.stderr.strip()[-300:]}",
+                             "check that the model directory is writable")
+    return model, chars.read_text(encoding="utf-8").split("\n")
+
+
+def _write_restricted(rec: Path, dictionary: Path, name: str) -> None:
+    charset = dictionary.read_text(encoding="utf-8").splitlines()
+    model, kept = restrict_recognizer(rec, charset, CHARSETS[name])
+    for suffix, data in ((".onnx", model), (".txt", "\n".join(kept).encode("utf-8"))):
+        target = rec.with_name(f"rec.{name}{suffix}")
+        temp = target.with_name(target.name + ".tmp")
+        temp.write_bytes(data)
+        temp.chmod(0o644)
+        os.replace(temp, target)
+
+
+if __name__ == "__main__":
+    _write_restricted(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

@@ -7,7 +7,7 @@ from typing import Optional
 
 from edge.config import OcrConfig
 from edge.modelstore import ModelStore, Variant
-from edge.ocr.charset import CHARSETS, restrict_recognizer
+from edge.ocr.charset import restricted_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
 from edge.ocr.detector import Detector, DetectorSettings
 from edge.ocr.pipeline import OcrPipeline
@@ -52,15 +52,14 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
     settings = SessionSettings(device=device, threads=config.threads)
-    charset, rec_bytes = variant.charset, None
+    rec, charset = variant.files["rec"], variant.charset
     if config.charset != "all":
-        rec_bytes, charset = restrict_recognizer(variant.files["rec"], charset,
-                                                 CHARSETS[config.charset])
+        rec, charset = restricted_recognizer(rec, variant.files["dict"], config.charset)
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)
     return LoadedModels(variant, device, ModelSession(variant.files["det"], settings),
-                        ModelSession(variant.files["rec"], settings, rec_bytes), tuple(charset),
+                        ModelSession(rec, settings), tuple(charset),
                         cls, spec.preprocess, spec.postprocess)
 
 
