@@ -23,7 +23,7 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 0.85  # plan for this share of the budget; the rest absorbs what the model misses
+HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
 DEGRADE_AT = 0.92  # a peak above this share of the budget steps the plan down
 IMAGE_SHARE = 0.10  # of the working memory, for the decoded image itself
 REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
@@ -97,12 +97,29 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
             model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH))
         raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
                           f"about {need / HEADROOM:.0f} MB",
-                          "raise resources.memory_mb, or use ocr.pack ppocr-v6-tiny")
+                          "raise resources.memory_mb, or choose a smaller ocr.pack")
     columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
     stage = max(model.detector_mb_at(det_pixels), model.recognizer_mb(columns))
     return Plan(budget_mb, det_pixels, rec_width, columns, image_side,
                 int(usable * _MB / _DECODE_BYTES_PER_PIXEL),
                 round(model.base_mb + _image_mb(image_side) + stage, 1))
+
+
+@dataclass(frozen=True)
+class Planner:
+    """The measured model and what the config wants; plans again when reality disagrees."""
+
+    model: MemoryModel
+    budget_mb: int
+    wanted_side: int
+    wanted_batch: int
+    wanted_image_side: int
+
+    def plan(self, unexplained_mb: float = 0.0) -> Plan:
+        """A plan that also leaves room for `unexplained_mb` the model did not predict."""
+        model = replace(self.model, base_mb=self.model.base_mb + unexplained_mb)
+        return plan(model, self.budget_mb, self.wanted_side, self.wanted_batch,
+                    self.wanted_image_side)
 
 
 def step_down(current: Plan) -> Optional[Plan]:

@@ -102,6 +102,8 @@ class CameraSource(_Section):
     reconnect_max_seconds: float = Field(
         60.0, ge=1, le=3600, description="longest wait between reconnects (back-off doubles)")
     loop: bool = Field(False, description="video files only: start again at the end")
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="rtsp:// only: RTP over the RTSP connection (tcp) or over UDP")
 
 
 class SourcesConfig(_Section):

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from edge import budget, payload
-from edge.budget import MemoryModel
+from edge.budget import MemoryModel, Planner
 from edge.config import EdgeConfig, model_dir, runtime_dir, state_dir
 from edge.control import Commands
 from edge.engine import DaemonEngine
@@ -43,7 +43,6 @@ def build_service(config: EdgeConfig) -> Service:
     outbox = Outbox(config.outbox.path or state / "outbox.db", payload.encode, OutboxLimits(
         int(config.outbox.max_mb * 1024 * 1024), config.outbox.max_age_hours * 3600))
     queue = WorkQueue(config.resources.queue_size)
-    folders: list[FolderSource] = []
     link = MqttLink(config.mqtt, topics, on_command=lambda command: commands(command))
     delivery = Delivery(outbox, link, config.mqtt.inflight)
     sink = ResultSink(outbox, topics, envelope, delivery.notify)
@@ -61,11 +60,11 @@ def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:
     models = load_models(config.ocr, ModelStore(model_dir(config)))
     if not config.resources.memory_mb:
         return DaemonEngine(models, config.ocr, config.images)
-    memory_model = _memory_model(config, models, state)
-    plan = budget.plan(memory_model, config.resources.memory_mb, config.ocr.det_limit_side,
-                       config.ocr.rec_batch, config.images.max_side)
-    log.info("memory model %s; plan: %s", memory_model, plan.describe())
-    return DaemonEngine(models, config.ocr, config.images, plan)
+    planner = Planner(_memory_model(config, models, state), config.resources.memory_mb,
+                      config.ocr.det_limit_side, config.ocr.rec_batch, config.images.max_side)
+    engine = DaemonEngine(models, config.ocr, config.images, planner)
+    log.info("memory model %s; plan: %s", planner.model, engine.plan.describe())
+    return engine
 
 
 def _memory_model(config: EdgeConfig, models: LoadedModels, state: Path) -> MemoryModel:

@@ -15,8 +15,9 @@ from typing import Optional, Union
 import numpy as np
 
 from edge import budget
-from edge.budget import MemoryReading, Plan
+from edge.budget import MemoryReading, Plan, Planner
 from edge.config import ImagesConfig, OcrConfig
+from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult
 from edge.imageio import ImageLimits, decode_bytes, from_pixels
 from edge.ocr.factory import LoadedModels, MemoryCaps, assemble
@@ -39,13 +40,15 @@ class DaemonEngine:
     """Decode and read one frame at a time within the plan; watch RSS after each."""
 
     def __init__(self, models: LoadedModels, ocr: OcrConfig, images: ImagesConfig,
-                 plan: Optional[Plan] = None) -> None:
+                 planner: Optional[Planner] = None) -> None:
         self.models = models
         self._ocr = ocr
         self._images = images
-        self.plan = plan
+        self._planner = planner
+        self.plan = planner.plan() if planner is not None else None
         self.degraded = False
         self._peak_acted_on = 0.0
+        self._unexplained_mb = 0.0
         self._apply()
 
     def decode(self, raw: Union[bytes, np.ndarray]) -> DecodedImage:
@@ -65,9 +68,12 @@ class DaemonEngine:
         if self.plan is not None:
             budget.release_free_memory()
         reading = budget.read_memory()
-        near = self.plan is not None and reading.peak_mb > self.plan.budget_mb * budget.DEGRADE_AT
-        if near and reading.peak_mb > self._peak_acted_on:  # the peak only ever grows
-            self._peak_acted_on = reading.peak_mb
+        if self.plan is None or reading.peak_mb <= self._peak_acted_on:
+            return reading  # the peak only ever grows: nothing new to learn
+        self._peak_acted_on = reading.peak_mb
+        if reading.peak_mb > self.plan.predicted_mb:
+            self._replan(reading)
+        if reading.peak_mb > self.plan.budget_mb * budget.DEGRADE_AT:
             self._step_down(reading)
         return reading
 
@@ -77,6 +83,19 @@ class DaemonEngine:
         return MemoryStatus(reading.rss_mb, reading.peak_mb,
                             self.plan.budget_mb if self.plan else 0, self.degraded,
                             self.plan.describe() if self.plan else None)
+
+    def _replan(self, reading: MemoryReading) -> None:
+        self._unexplained_mb += reading.peak_mb - self.plan.predicted_mb
+        try:
+            smaller = self._planner.plan(self._unexplained_mb)
+        except ConfigError:
+            return  # no plan fits any more: the step-down below is all that is left
+        if smaller != self.plan:
+            log.warning("peak RSS %.0f MB is %.0f MB over the plan's prediction: planning "
+                        "again: %s", reading.peak_mb, reading.peak_mb - self.plan.predicted_mb,
+                        smaller.describe())
+            self.plan, self.degraded = smaller, True
+            self._apply()
 
     def _step_down(self, reading: MemoryReading) -> None:
         smaller = budget.step_down(self.plan)

@@ -81,7 +81,7 @@ def decode_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
             f"over the {limits.max_pixels}-pixel limit")
     if header.format == "jpeg" and not _jpeg_is_complete(data):
         raise ImageUnreadableError("truncated JPEG: no end-of-image marker")
-    factor = _reduction(header, limits.max_side) if header.format == "jpeg" else 1
+    factor = _reduction(header, limits) if header.format == "jpeg" else 1
     decoded_pixels = (header.width // factor) * (header.height // factor)
     if limits.max_decode_pixels and decoded_pixels > limits.max_decode_pixels:
         raise ImageTooLargeError(
@@ -106,11 +106,14 @@ def _imdecode(data: bytes, flags: int) -> np.ndarray:
     return image
 
 
-def _reduction(header: ImageHeader, max_side: int) -> int:
-    """Largest JPEG reduction (1, 2, 4, 8) that keeps the longest side at or above max_side."""
-    longest = max(header.width, header.height)
+def _reduction(header: ImageHeader, limits: ImageLimits) -> int:
+    """Largest JPEG reduction (1, 2, 4, 8) that keeps the longest side at or above max_side,
+    raised further while the decoded pixels would exceed the decode cap."""
+    longest, pixels = max(header.width, header.height), header.width * header.height
     factor = 1
-    while factor < 8 and longest // (factor * 2) >= max_side:
+    while factor < 8 and longest // (factor * 2) >= limits.max_side:
+        factor *= 2
+    while factor < 8 and limits.max_decode_pixels and pixels / factor ** 2 > limits.max_decode_pixels:
         factor *= 2
     return factor
 

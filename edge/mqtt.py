@@ -14,6 +14,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -82,11 +83,14 @@ class MqttLink:
     def reply(self, command: Command, body: bytes) -> None:
         """Answer a command on its v5 response topic (with its correlation data), else on
         `replies`."""
+        topic = command.response_topic or self._topics.replies
+        if any(bad in topic for bad in ("\0", "+", "#")):
+            raise BrokerError(f"refusing to reply on {topic!r}: not a valid topic name")
         properties = None
         if self._config.protocol == "5" and command.correlation is not None:
             properties = Properties(PacketTypes.PUBLISH)
             properties.CorrelationData = command.correlation
-        self.publish(command.response_topic or self._topics.replies, body, properties=properties)
+        self.publish(topic, body, properties=properties)
 
     def acknowledgements(self) -> list[tuple[int, bool, str]]:
         """PUBACKs received since the last call: (message id, accepted, reason)."""
@@ -204,11 +208,12 @@ class Delivery:
 
     def flush(self, timeout: float) -> bool:
         """Wait until the outbox is empty (True) or `timeout` seconds passed (False)."""
-        waited = threading.Event()
-        for _ in range(int(timeout / 0.05)):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if not self._inflight and self._outbox.stats().depth == 0:
                 return True
-            waited.wait(0.05)
+            self._wake.set()
+            time.sleep(0.05)
         return False
 
     def stop(self) -> None:

@@ -112,9 +112,12 @@ class Service:
     def _deliver(self, job: Job, frame, result, seconds: float) -> None:
         try:
             job.owner.deliver(frame, result)
-        except OutboxError as exc:  # the disk is full: keep the file, report, go on
+        except OutboxError as exc:  # the disk is full: the file goes back, to be read again later
             log.error("cannot queue the result of %r: %s", frame.source.item, exc)
             self.failed += 1
+            abandon = getattr(job.owner, "abandon", None)
+            if abandon is not None:
+                abandon(frame)
             return
         self.processed += 1
         self._latencies.append(seconds * 1000.0)

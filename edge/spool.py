@@ -111,7 +111,10 @@ class Spool:
             os.close(work_fd)
         with os.fdopen(fd, "rb") as handle:
             _check(os.fstat(handle.fileno()), self._settings)
-            return handle.read(self._settings.max_bytes + 1)
+            try:
+                return handle.read(self._settings.max_bytes + 1)
+            except OSError as exc:
+                raise SpoolError(f"cannot read the file: {_why(exc)}") from exc
 
     def release(self, claim: Claim) -> None:
         """The result is safely queued: delete the file, or move it to the done folder."""

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install the Debian packages the daemon and its tests use, when they are missing:
-# Mosquitto (the local broker and its clients) and ffmpeg (serves a camera stream in tests).
+# Mosquitto (the local broker and its clients) and ffmpeg (serves camera streams in tests).
+# With --test also Debian's RTSP server library, which the RTSP camera test runs.
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if [[ ${1:-} == --test ]]; then
+  perl -MRTSP::Server -e 1 2>/dev/null || missing+=(librtsp-server-perl)
+fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 sudo=""

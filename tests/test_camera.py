@@ -84,6 +84,53 @@ def test_network_stream_from_a_local_ffmpeg_server(tmp_path, broker):
             daemon.kill()
 
 
+def rtsp_server_available() -> bool:
+    return shutil.which("ffmpeg") is not None and subprocess.run(
+        ["perl", "-MRTSP::Server", "-e", "1"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not rtsp_server_available(),
+                    reason="needs ffmpeg and Debian's librtsp-server-perl (scripts/test.sh installs both)")
+def test_rtsp_stream_published_by_ffmpeg_through_a_local_rtsp_server(tmp_path, broker):
+    write_video(tmp_path / "gate.avi", frames_per_page=20)
+    client_port, source_port = free_port(), free_port()
+    server = subprocess.Popen(
+        ["perl", "-e", "use AnyEvent; use RTSP::Server; "
+         "RTSP::Server->new_with_options()->listen; AnyEvent->condvar->recv", "--",
+         "--clientport", str(client_port), "--serverport", str(source_port),
+         "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    publisher = None
+    daemon = None
+    try:
+        wait_for(lambda: _listening(source_port), 10, "the RTSP server")
+        publisher = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1",
+             "-i", str(tmp_path / "gate.avi"), "-c:v", "libx264", "-preset", "ultrafast",
+             "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-f", "rtsp",
+             f"rtsp://127.0.0.1:{source_port}/gate"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subscriber = Subscriber(broker.port)
+        daemon = camera_daemon(tmp_path, broker.port, f"rtsp://127.0.0.1:{client_port}/gate",
+                               rtsp_transport="udp")
+        wait_for(lambda: subscriber.on("results"), 120, "a result from the RTSP stream")
+        body = subscriber.on("results")[0].json()
+        assert body["source"]["name"] == "gate" and body["lines"]
+        assert daemon.terminate()[0] == 0
+    finally:
+        for process in (publisher, server):
+            if process is not None:
+                process.kill()
+        if daemon is not None and daemon.alive():
+            daemon.kill()
+
+
+def _listening(port: int) -> bool:
+    import socket
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_dead_camera_shows_in_health_and_never_blocks_the_folder(tmp_path, broker):
     subscriber = Subscriber(broker.port)
     daemon = Daemon(tmp_path / "daemon", broker.port, {"sources": {

@@ -53,9 +53,11 @@ def run_daemon(tmp_path):
             daemon.kill()
 
 
-def test_dropped_images_arrive_as_valid_results_and_the_spool_empties(broker, run_daemon):
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_dropped_images_arrive_as_valid_results_and_the_spool_empties(broker, run_daemon,
+                                                                      protocol):
     subscriber = Subscriber(broker.port)
-    daemon = run_daemon(broker.port)
+    daemon = run_daemon(broker.port, mqtt={"protocol": protocol})
     daemon.wait_ready(subscriber)
     pages = {f"page-{seed}.jpg": render_page(seed, lines=5) for seed in (21, 22, 23)}
     for name, page in pages.items():

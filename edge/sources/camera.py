@@ -10,6 +10,7 @@ with a doubling back-off, so a dead camera shows in health and never hangs the d
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 Opener = Callable[[CameraConfig], "cv2.VideoCapture"]
 _THUMB = (64, 36)
+_OPEN_LOCK = threading.Lock()
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,10 @@ def open_capture(config: CameraConfig) -> "cv2.VideoCapture":
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.open_timeout_seconds * 1000),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(config.read_timeout_seconds * 1000)]
     try:
-        capture = cv2.VideoCapture(config.url, cv2.CAP_ANY, params)
+        with _OPEN_LOCK:  # FFmpeg reads its options from the environment, process-wide
+            if str(config.url).startswith("rtsp://"):
+                os.environ[_FFMPEG_OPTIONS] = f"rtsp_transport;{config.rtsp_transport}"
+            capture = cv2.VideoCapture(config.url, cv2.CAP_ANY, params)
     except cv2.error as exc:
         raise CameraError(f"camera {config.name}: OpenCV refused {config.url!r}: {exc.err}") from exc
     if not capture.isOpened():
