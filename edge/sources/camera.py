@@ -131,7 +131,11 @@ class CameraSource:
                 self._failed(exc, "reconnecting")
             else:
                 delay = 1.0
-                ended = self._read_from(capture)
+                try:
+                    ended = self._read_from(capture)
+                except cv2.error as exc:
+                    self._failed(CameraError(f"camera {self.name}: {exc.err}"), "reconnecting")
+                    ended = False
                 capture.release()
                 if ended and not self._config.loop:
                     self._update(state="ended")

@@ -21,7 +21,7 @@ from typing import Optional
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, SpoolError
 from edge.frames import Frame, OcrResult, SourceRef
 from edge.sink import ResultSink
 from edge.spool import Claim, Spool
@@ -67,7 +67,11 @@ class FolderSource:
 
     def start(self) -> None:
         """Requeue claimed files left by a crash, scan, watch, and start the taking thread."""
-        self._recovered = self._spool.recover()
+        try:
+            self._recovered = self._spool.recover()
+        except OSError as exc:
+            raise SpoolError(f"{self.name}: cannot take back claimed files: {exc}",
+                             "check the folder's permissions") from exc
         self._scan()
         self._observer.schedule(_Events(self), self.name, recursive=False)
         self._observer.start()
@@ -138,9 +142,16 @@ class FolderSource:
                 self._rescan.clear()
                 self._scan()
                 next_scan = time.monotonic() + self._reconcile_s
-            for name in self._ready_names():
-                if self._stop.is_set() or not self._take(name):
-                    break
+            try:
+                self._take_ready()
+            except Exception:  # one odd file must not stop the folder for good
+                log.exception("%s: taking files failed; trying again", self.name)
+                self._stop.wait(1.0)
+
+    def _take_ready(self) -> None:
+        for name in self._ready_names():
+            if self._stop.is_set() or not self._take(name):
+                return
 
     def _scan(self) -> None:
         try:
@@ -179,7 +190,11 @@ class FolderSource:
         """Claim one file and queue it; False when shutting down."""
         with self._lock:
             self._candidates.pop(name, None)
-        claim = self._spool.claim(name)
+        try:
+            claim = self._spool.claim(name)
+        except OSError as exc:
+            log.error("%s: cannot claim %r: %s", self.name, name, exc.strerror or exc)
+            return True
         if claim is None:
             return True
         if not self._queue.put(self._job(claim), self._stop):
