@@ -1,0 +1,55 @@
+"""The RAM planner on measured-style memory models, and the decoder's budget cap."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.budget import HEADROOM, MemoryModel, Planner, step_down
+from edge.errors import ConfigError, ImageTooLargeError
+from edge.imageio import ImageLimits, decode_bytes
+
+SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
+                    rec_mb_per_kcol=34.0)
+
+
+def test_plan_fits_the_budget_and_shrinks_with_it():
+    roomy = Planner(SMALL, 512, 1280, 4, 4096).plan()
+    tight = Planner(SMALL, 256, 1280, 4, 4096).plan()
+    for plan in (roomy, tight):
+        assert plan.predicted_mb <= plan.budget_mb * HEADROOM
+    assert roomy.det_max_pixels == 1280 * 1280 and roomy.rec_max_columns == 4 * 1600
+    assert tight.det_max_pixels < roomy.det_max_pixels
+    assert tight.rec_max_columns < roomy.rec_max_columns
+    assert tight.image_max_side <= roomy.image_max_side
+
+
+def test_unexplained_memory_makes_the_plan_smaller():
+    planner = Planner(SMALL, 256, 1280, 4, 4096)
+    assert planner.plan(15.0).det_max_pixels < planner.plan().det_max_pixels
+
+
+def test_a_budget_below_the_pack_is_refused_with_what_it_needs():
+    with pytest.raises(ConfigError, match=r"memory_mb 160 is too small.*needs about \d+ MB"):
+        Planner(SMALL, 160, 1280, 4, 4096).plan()
+
+
+def test_step_down_reaches_a_floor():
+    plan = Planner(SMALL, 256, 1280, 4, 4096).plan()
+    steps = 0
+    while (smaller := step_down(plan)) is not None:
+        assert smaller.det_max_pixels <= plan.det_max_pixels
+        plan, steps = smaller, steps + 1
+    assert 0 < steps < 50
+
+
+def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
+    image = np.full((3000, 4000, 3), 200, np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    decoded = decode_bytes(data, ImageLimits(max_side=1024, max_decode_pixels=1_000_000))
+    assert decoded.pixels.shape[0] * decoded.pixels.shape[1] <= 1_000_000
+    assert decoded.original_width == 4000
+    png = cv2.imencode(".png", image)[1].tobytes()
+    with pytest.raises(ImageTooLargeError, match="memory budget"):
+        decode_bytes(png, ImageLimits(max_side=1024, max_decode_pixels=1_000_000))
