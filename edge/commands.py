@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     """`edge-ocr run`: the daemon, until SIGTERM."""
     from edge.daemon import build_service
+    from edge.logsetup import configure_logging
 
-    return build_service(load_config(args.config)).run()
+    config = load_config(args.config)
+    if not args.verbose:
+        configure_logging(config.logging)
+    return build_service(config).run()
 
 
 def ocr(args: argparse.Namespace) -> int:

@@ -183,6 +183,17 @@ class HealthConfig(_Section):
     interval_seconds: float = Field(30.0, ge=1, le=3600, description="how often it is published")
 
 
+Level = Literal["debug", "info", "warning", "error"]
+
+
+class LoggingConfig(_Section):
+    """How much the daemon logs (to the journal under systemd, else stderr)."""
+
+    level: Level = Field("info", description="level of edge-ocr's own loggers")
+    modules: dict[str, Level] = Field(
+        default_factory=dict, description="per-module levels, e.g. {edge.mqtt: debug}")
+
+
 class PathsConfig(_Section):
     """Where the daemon keeps its state and its temporary files."""
 
@@ -206,6 +217,7 @@ class EdgeConfig(_Section):
     outbox: OutboxConfig = OutboxConfig()
     spool: SpoolConfig = SpoolConfig()
     health: HealthConfig = HealthConfig()
+    logging: LoggingConfig = LoggingConfig()
     paths: PathsConfig = PathsConfig()
     models: ModelsConfig = ModelsConfig()
 

@@ -36,6 +36,7 @@ def build_service(config: EdgeConfig) -> Service:
     runtime.prepare()
     state = state_dir(config)
     engine = _engine(config, state)
+    engine.warm_up()
     topics = Topics(config.mqtt.topic_prefix, config.device_id)
     envelope = Envelope(config.device_id, {"pack": config.ocr.pack,
                                            "variant": engine.models.variant.precision,

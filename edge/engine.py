@@ -61,6 +61,14 @@ class DaemonEngine:
         """Read one image."""
         return self._pipeline(image)
 
+    def warm_up(self) -> None:
+        """Read one rendered page, so the first real frame does not pay for lazy set-up."""
+        from edge.calibration import render_page
+
+        page = render_page(0, lines=4).image
+        self(DecodedImage(page, page.shape[1], page.shape[0]))
+        self.after_frame()
+
     def after_frame(self) -> MemoryReading:
         """Read RSS; under a budget, return freed heap to the kernel first and step the plan
         down if the peak came close. (Without one the heap is kept: handing it back costs

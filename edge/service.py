@@ -13,12 +13,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, replace
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from edge import payload
 from edge.engine import DaemonEngine
 from edge.errors import EdgeError, InternalError, OutboxError, SpoolError
 from edge.mqtt import Delivery, MqttLink
+from edge.notify import Notifier
 from edge.outbox import Outbox
 from edge.payload import Topics
 from edge.runtime import RuntimeDir
@@ -45,8 +46,7 @@ class Service:
 
     def __init__(self, engine: DaemonEngine, queue: WorkQueue, outbox: Outbox, link: MqttLink,
                  delivery: Delivery, sources: list[Source], runtime: RuntimeDir, topics: Topics,
-                 health_interval: float, notify: Callable[[str], None] = lambda state: None
-                 ) -> None:
+                 health_interval: float, notifier: Notifier = Notifier()) -> None:
         self._engine = engine
         self._queue = queue
         self._outbox = outbox
@@ -56,7 +56,7 @@ class Service:
         self._runtime = runtime
         self._topics = topics
         self._health_interval = health_interval
-        self._notify = notify
+        self._notifier = notifier
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._latencies: deque[float] = deque(maxlen=500)
@@ -75,7 +75,8 @@ class Service:
         self._delivery.start()
         for source in self._sources:
             source.start()
-        self._notify("ready")
+        self._notifier.ready(self.summary())
+        log.info("ready: %s", self.summary())
         next_health = time.monotonic()
         while not self._stop.is_set():
             job = self._queue.get(timeout=0.5)
@@ -83,10 +84,17 @@ class Service:
                 self._handle(job)
             if time.monotonic() >= next_health:
                 self.publish_health()
+                self._notifier.status(self.summary())
                 next_health = time.monotonic() + self._health_interval
-            self._notify("watchdog")
+            self._notifier.watchdog()  # progress: a frame done, or idle with nothing to do
         self._shutdown()
         return 0
+
+    def summary(self) -> str:
+        """One line for `systemctl status`: frames, failures, outbox depth, broker state."""
+        broker = "connected" if self._link.connected else "disconnected"
+        return (f"{self.processed} frames, {self.failed} failed, outbox "
+                f"{self._outbox.stats().depth}, broker {broker}")
 
     def _handle(self, job: Job) -> None:
         started = time.perf_counter()
@@ -122,12 +130,12 @@ class Service:
         self.processed += 1
         self._latencies.append(seconds * 1000.0)
         log.info("%s %r: %d lines in %.0f ms", frame.source.kind, frame.source.item,
-                 len(result.lines), seconds * 1000.0)
+                 len(result.lines), seconds * 1000.0, extra=_fields(frame))
 
     def _reject(self, job: Job, frame, error: EdgeError) -> None:
         self.failed += 1
         log.warning("%s %r refused: %s (%s)", frame.source.kind, frame.source.item,
-                    error.message, error.code)
+                    error.message, error.code, extra=_fields(frame, error))
         try:
             job.owner.reject(frame, error)
         except (EdgeError, OSError) as exc:
@@ -161,7 +169,7 @@ class Service:
 
     def _shutdown(self) -> None:
         log.info("stopping: finishing up")
-        self._notify("stopping")
+        self._notifier.stopping()
         for source in self._sources:
             source.stop()
         self._abandon_queued()
@@ -180,6 +188,15 @@ class Service:
             abandon = getattr(job.owner, "abandon", None)
             if abandon is not None:
                 abandon(job.frame)
+
+
+def _fields(frame, error: Optional[EdgeError] = None) -> dict[str, str]:
+    """Structured fields for the journal: which frame, from where, and what went wrong."""
+    fields = {"FRAME_ID": payload.printable(frame.key),
+              "SOURCE": f"{frame.source.kind}:{payload.printable(frame.source.name)}"}
+    if error is not None:
+        fields["ERROR_CODE"] = error.code
+    return fields
 
 
 def _percentiles(values: deque[float]) -> dict[str, Optional[float]]:
