@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML config file (default: $EDGE_OCR_CONFIG)")
     run.set_defaults(handler=_run_command("run"))
 
+    doctor = commands.add_parser("doctor", help="check this machine for the daemon, one line each")
+    doctor.add_argument("--config", type=Path, help="YAML config file (default: $EDGE_OCR_CONFIG)")
+    doctor.set_defaults(handler=_run_command("doctor"))
+
     ocr = commands.add_parser("ocr", help="read the text in image files and folders")
     _engine_options(ocr)
     ocr.add_argument("--format", choices=("text", "json", "jsonl"), default="text")

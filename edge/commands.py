@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge.batch import BatchRunner, ImageOutcome, collect_images
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
-from edge.errors import ImageError
+from edge.errors import ConfigError, ImageError
 from edge.modelstore import ModelStore
 from edge.output import as_jsonl, as_text, outcome_record
 
@@ -26,6 +26,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         configure_logging(config.logging)
     return build_service(config).run()
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """`edge-ocr doctor`: every check, one line each; exit 1 if any failed."""
+    from edge.doctor import Finding, run_checks
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(Finding("fail", "config", exc.message, exc.fix).line())
+        return 1
+    print(Finding("ok", "config", f"{args.config or 'defaults'} is valid").line())
+    failed = False
+    for finding in run_checks(config):
+        print(finding.line(), flush=True)
+        failed = failed or finding.level == "fail"
+    return 1 if failed else 0
 
 
 def ocr(args: argparse.Namespace) -> int:
