@@ -40,16 +40,6 @@ uninstall() {
   fi
 }
 
-install_packages() {
-  local missing=()
-  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-  [[ ${#missing[@]} -eq 0 ]] || {
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  }
-  "$SOURCE/scripts/system-packages.sh"
-}
-
 create_user() {
   getent group "$USER_NAME" >/dev/null || groupadd --system "$USER_NAME"
   if ! id "$USER_NAME" >/dev/null 2>&1; then
@@ -113,7 +103,7 @@ case ${1:-} in
   "") ;;
   *) die "unknown option $1 (use --uninstall [--purge])" ;;
 esac
-install_packages
+"$SOURCE/scripts/system-packages.sh" --service
 create_user
 create_folders
 install_program

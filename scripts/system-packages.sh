@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Install the Debian packages the daemon and its tests use, when they are missing:
-# Mosquitto (the local broker and its clients), ffmpeg (serves camera streams in tests), and
-# what systemd-python builds with (gcc, pkg-config, libsystemd-dev, the Python headers).
-# With --test also Debian's RTSP server library, which the RTSP camera test runs.
+# Install the Debian packages edge-ocr uses, when they are missing.
+#   --service   what the installed service needs: the build tools of systemd-python
+#               (gcc, pkg-config, libsystemd-dev, the Python headers) and python3-venv
+#   (default)   the above, plus Mosquitto and its clients (the local broker of scripts/run.sh)
+#               and ffmpeg (serves camera streams in tests)
+#   --test      the default, plus Debian's RTSP server library (the RTSP camera test)
 set -euo pipefail
+mode=${1:-}
 
 missing=()
-command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
-command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
-command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
-# systemd-python builds against libsystemd
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)
-if [[ ${1:-} == --test ]]; then
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [[ $mode != --service ]]; then
+  command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+  command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+fi
+if [[ $mode == --test ]]; then
   perl -MRTSP::Server -e 1 2>/dev/null || missing+=(librtsp-server-perl)
 fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
