@@ -99,11 +99,26 @@ def installed(tmp_path_factory) -> Path:
     pip_cache.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(root),
-         f"--bind={pip_cache}:/root/.cache/pip", "--pipe", "/root/edge-ocr/scripts/install.sh"],
+         f"--bind={pip_cache}:/root/.cache/pip", *_host_network_settings(), "--pipe",
+         "/root/edge-ocr/scripts/install.sh"],
         capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (root / "etc/systemd/system/multi-user.target.wants/edge-ocr.service").exists()
+    assert (root / "etc/systemd/system/multi-user.target.wants/edge-ocr.service").is_symlink()
     return root
+
+
+def _host_network_settings() -> list[str]:
+    """The host's package-index and CA settings, so the installer inside reaches the same
+    registries the host does (through the same TLS-inspecting proxy, where there is one)."""
+    options = []
+    for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_INDEX_URL",
+                 "PIP_DEFAULT_TIMEOUT", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+        value = os.environ.get(name)
+        if value:
+            options.append(f"--setenv={name}={value}")
+            if os.path.isfile(value):
+                options.append(f"--bind-ro={value}")
+    return options
 
 
 def configure(root: Path, broker_port: int) -> None:
