@@ -85,16 +85,23 @@ def check_cpu(config: EdgeConfig, cpuinfo: Path = Path("/proc/cpuinfo")) -> Find
 
 
 def check_memory_controller(config: EdgeConfig,
-                            controllers: Path = Path("/sys/fs/cgroup/cgroup.controllers")
-                            ) -> Finding:
+                            controllers: Path = Path("/sys/fs/cgroup/cgroup.controllers"),
+                            cgroups: Path = Path("/proc/cgroups")) -> Finding:
     """MemoryMax is silently ignored where the kernel's memory controller is off."""
     try:
-        enabled = controllers.read_text().split()
-    except OSError:
-        return Finding("warn", "memory controller", f"cannot read {controllers} (cgroup v1?)",
-                       "MemoryMax may not be enforced; rely on resources.memory_mb")
-    if "memory" in enabled:
-        return Finding("ok", "memory controller", "on: MemoryHigh/MemoryMax are enforced")
+        enabled = "memory" in controllers.read_text().split()
+        where = "cgroup v2"
+    except OSError:  # cgroup v1: /proc/cgroups lists each controller and whether it is enabled
+        try:
+            rows = [line.split() for line in cgroups.read_text().splitlines()[1:]]
+        except OSError:
+            return Finding("warn", "memory controller", "cannot tell: no cgroup information",
+                           "MemoryMax may not be enforced; rely on resources.memory_mb")
+        enabled = any(row[0] == "memory" and row[-1] == "1" for row in rows if row)
+        where = "cgroup v1"
+    if enabled:
+        return Finding("ok", "memory controller",
+                       f"on ({where}): MemoryHigh/MemoryMax are enforced")
     return Finding("warn", "memory controller", "off: systemd ignores MemoryMax here",
                    "add cgroup_enable=memory to the kernel command line "
                    "(/boot/firmware/cmdline.txt on Raspberry Pi OS) and reboot")

@@ -37,25 +37,3 @@ def test_results_reach_the_central_broker_including_those_made_while_it_was_down
         local.stop()
         central.stop()
 
-
-def test_doctor_checks_broker_spool_and_models_one_line_each(tmp_path):
-    from conftest import run_cli
-
-    broker = Broker(tmp_path / "broker").start()
-    try:
-        config = tmp_path / "edge.yaml"
-        config.write_text(f"sources:\n  folders:\n    - path: {tmp_path / 'missing'}\n"
-                          f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n"
-                          f"paths:\n  state_dir: {tmp_path / 'state'}\n")
-        done = run_cli("doctor", "--config", str(config))
-        lines = done.stdout.splitlines()
-        assert done.returncode == 1
-        assert any(l.startswith("ok    models: ppocr-v6-small verified") for l in lines)
-        assert any(l.startswith("ok    broker: 127.0.0.1:") for l in lines)
-        assert any(l.startswith(f"fail  spool: {tmp_path / 'missing'} does not exist") for l in lines)
-        assert any(l.startswith(("ok    cpu:", "warn  cpu:")) for l in lines)
-        broker.stop()
-        again = run_cli("doctor", "--config", str(config))
-        assert "fail  broker: cannot reach 127.0.0.1:" in again.stdout
-    finally:
-        broker.stop()

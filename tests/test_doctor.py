@@ -1,0 +1,48 @@
+"""`edge-ocr doctor`: one line per check, against a real broker and real files."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+from daemon_kit import Broker
+from edge.config import EdgeConfig
+from edge.doctor import check_memory_controller
+
+
+def test_doctor_checks_broker_spool_and_models_one_line_each(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        config = tmp_path / "edge.yaml"
+        config.write_text(f"sources:\n  folders:\n    - path: {tmp_path / 'missing'}\n"
+                          f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n"
+                          f"paths:\n  state_dir: {tmp_path / 'state'}\n")
+        done = run_cli("doctor", "--config", str(config))
+        lines = done.stdout.splitlines()
+        assert done.returncode == 1
+        assert any(l.startswith("ok    models: ppocr-v6-small verified") for l in lines)
+        assert any(l.startswith("ok    broker: 127.0.0.1:") for l in lines)
+        assert any(l.startswith(f"fail  spool: {tmp_path / 'missing'} does not exist") for l in lines)
+        assert any(l.startswith(("ok    cpu:", "warn  cpu:")) for l in lines)
+        broker.stop()
+        again = run_cli("doctor", "--config", str(config))
+        assert "fail  broker: cannot reach 127.0.0.1:" in again.stdout
+    finally:
+        broker.stop()
+
+
+def test_memory_controller_off_is_reported_with_the_kernel_option(tmp_path):
+    controllers = tmp_path / "cgroup.controllers"
+    controllers.write_text("cpuset cpu io pids\n")
+    finding = check_memory_controller(EdgeConfig(), controllers)
+    assert finding.level == "warn" and "cgroup_enable=memory" in finding.fix
+    controllers.write_text("cpuset cpu io memory pids\n")
+    assert check_memory_controller(EdgeConfig(), controllers).level == "ok"
+
+
+def test_memory_controller_on_cgroup_v1_is_read_from_proc_cgroups(tmp_path):
+    cgroups = tmp_path / "cgroups"
+    cgroups.write_text("#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
+                       "cpu\t2\t1\t1\nmemory\t0\t1\t0\n")
+    missing = tmp_path / "no-such-file"
+    assert check_memory_controller(EdgeConfig(), missing, cgroups).level == "warn"
+    cgroups.write_text("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t1\t1\n")
+    assert check_memory_controller(EdgeConfig(), missing, cgroups).level == "ok"
