@@ -140,7 +140,7 @@ def drop(root: Path, name: str, seed: int) -> None:
     os.rename(staging, root / "var/spool/edge-ocr" / name)
 
 
-def test_boot_ready_result_watchdog_restart_bad_config_poweroff(installed, tmp_path):
+def test_boot_ready_result_watchdog_restart_bad_config_poweroff_uninstall(installed, tmp_path):
     broker = Broker(tmp_path / "broker").start()
     configure(installed, broker.port)
     subscriber = Subscriber(broker.port)
@@ -153,6 +153,8 @@ def test_boot_ready_result_watchdog_restart_bad_config_poweroff(installed, tmp_p
 
         drop(installed, "after-boot.jpg", 1)
         wait_for(lambda: "after-boot.jpg" in subscriber.results_by_item(), 120, "a result")
+        journal = container.run("journalctl", "-u", "edge-ocr", "-o", "json", "--no-pager").stdout
+        assert '"SOURCE":"folder:/var/spool/edge-ocr"' in journal and '"FRAME_ID":' in journal
 
         stuck = container.daemon_pid()
         os.kill(_host_pid(stuck, container), signal.SIGSTOP)
@@ -174,6 +176,15 @@ def test_boot_ready_result_watchdog_restart_bad_config_poweroff(installed, tmp_p
         assert restarts["ExecMainStatus"] == "78"
 
         assert container.poweroff() == 0
+        removed = subprocess.run(
+            ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(installed),
+             "--pipe", "/root/edge-ocr/scripts/install.sh", "--uninstall"],
+            capture_output=True, text=True, timeout=300)
+        assert removed.returncode == 0, removed.stderr
+        assert not (installed / "opt/edge-ocr").exists()
+        assert not (installed / "etc/systemd/system/edge-ocr.service").exists()
+        assert (installed / "etc/edge-ocr/edge-ocr.yaml").exists()  # data is kept
+        assert (installed / "var/lib/edge-ocr/outbox.db").exists()
     finally:
         container.kill()
         subscriber.close()
