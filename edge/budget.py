@@ -31,6 +31,7 @@ REC_MIN_WIDTH = 320  # below this lines are squeezed too far to read
 DET_MIN_PIXELS = 64_000  # below this (about 290x220) the detector misses ordinary print
 _IMAGE_SIDES = (4096, 3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
+MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
 _DECODE_BYTES_PER_PIXEL = 8.0  # decoded BGR (3) + the shrunk copy and the file's bytes
 
 
@@ -122,6 +123,15 @@ class Planner:
                     self.wanted_image_side)
 
 
+def tighter(new: Plan, current: Plan) -> Plan:
+    """`new`, but never looser than `current` in any cap (earlier step-downs stand)."""
+    return replace(new, det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
+                   rec_max_width=min(new.rec_max_width, current.rec_max_width),
+                   rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
+                   image_max_side=min(new.image_max_side, current.image_max_side),
+                   max_decode_pixels=min(new.max_decode_pixels, current.max_decode_pixels))
+
+
 def step_down(current: Plan) -> Optional[Plan]:
     """The next smaller plan (a fifth less detector area and batch width), or None at the floor."""
     pixels = max(DET_MIN_PIXELS, int(current.det_max_pixels * 0.8))
@@ -144,8 +154,12 @@ def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
         if cached.get("key") == ocr_json:
             return MemoryModel(**cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
-    done = subprocess.run([sys.executable, "-m", "edge.budget", ocr_json, str(model_dir)],
-                          capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run([sys.executable, "-m", "edge.budget", ocr_json, str(model_dir)],
+                              capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError(f"measuring the pack's memory use took over {MEASURE_TIMEOUT_S} s",
+                          "retry on a less busy machine, or set resources.memory_mb: 0") from exc
     if done.returncode != 0:
         raise ConfigError(f"measuring the pack's memory use failed: {done.stderr.strip()[-400:]}",
                           "check `edge-ocr models list`")

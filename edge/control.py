@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from edge import payload
-from edge.errors import CommandError, EdgeError
+from edge.errors import CommandError, EdgeError, InternalError
 from edge.frames import Frame, OcrResult, SourceRef
 from edge.mqtt import Command, MqttLink
 from edge.payload import Envelope
@@ -75,6 +75,11 @@ class Commands:
         except EdgeError as exc:
             log.warning("command %r refused: %s", command.name, exc.message)
             self._safe_reply(command, payload.reply_body(command.name, False, error=exc))
+            return
+        except Exception as exc:  # noqa: BLE001  on paho's thread: never let it escape
+            log.exception("command %r failed", command.name)
+            error = InternalError(f"{type(exc).__name__}: {exc}")
+            self._safe_reply(command, payload.reply_body(command.name, False, error=error))
             return
         if result is not None:
             self._safe_reply(command, payload.reply_body(command.name, True, result=result))

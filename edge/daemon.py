@@ -13,7 +13,8 @@ from edge.engine import DaemonEngine
 from edge.errors import ConfigError
 from edge.modelstore import ModelStore
 from edge.mqtt import Delivery, MqttLink
-from edge.ocr.factory import LoadedModels, load_models
+from edge.ocr.factory import load_models
+from edge.ocr.session import resolve_device
 from edge.outbox import Outbox, OutboxLimits
 from edge.payload import Envelope, Topics
 from edge.runtime import RuntimeDir
@@ -58,18 +59,23 @@ def build_service(config: EdgeConfig) -> Service:
 
 
 def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:
-    models = load_models(config.ocr, ModelStore(model_dir(config)))
+    store = ModelStore(model_dir(config))
     if not config.resources.memory_mb:
-        return DaemonEngine(models, config.ocr, config.images)
-    planner = Planner(_memory_model(config, models, state), config.resources.memory_mb,
+        return DaemonEngine(load_models(config.ocr, store), config.ocr, config.images)
+    # measured before this process loads the models: both copies would count in a cgroup limit
+    memory_model = _memory_model(config, store, state)
+    models = load_models(config.ocr, store)
+    planner = Planner(memory_model, config.resources.memory_mb,
                       config.ocr.det_limit_side, config.ocr.rec_batch, config.images.max_side)
     engine = DaemonEngine(models, config.ocr, config.images, planner)
     log.info("memory model %s; plan: %s", planner.model, engine.plan.describe())
     return engine
 
 
-def _memory_model(config: EdgeConfig, models: LoadedModels, state: Path) -> MemoryModel:
-    key = config.ocr.model_copy(update={"precision": models.variant.precision}).model_dump_json()
+def _memory_model(config: EdgeConfig, store: ModelStore, state: Path) -> MemoryModel:
+    variant = store.choose(config.ocr.pack, config.ocr.precision,
+                           resolve_device(config.ocr.device))
+    key = config.ocr.model_copy(update={"precision": variant.precision}).model_dump_json()
     cache = state / f"memory-model-{config.ocr.pack}.json"
     return budget.measured_model(key, model_dir(config), cache)
 

@@ -95,7 +95,7 @@ class DaemonEngine:
     def _replan(self, reading: MemoryReading) -> None:
         self._unexplained_mb += reading.peak_mb - self.plan.predicted_mb
         try:
-            smaller = self._planner.plan(self._unexplained_mb)
+            smaller = budget.tighter(self._planner.plan(self._unexplained_mb), self.plan)
         except ConfigError:
             return  # no plan fits any more: the step-down below is all that is left
         if smaller != self.plan:

@@ -126,6 +126,7 @@ class MqttLink:
             client.username_pw_set(config.username, password)
         if config.tls is not None:
             _set_tls(client, config)
+        client.suppress_exceptions = True  # a failing callback must not end the network thread
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(config.inflight)
         client.on_connect = self._connected_cb

@@ -171,9 +171,17 @@ class _Transaction:
                 self._db.execute("COMMIT")
                 return False
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise OutboxError(f"outbox write failed: {exc}", "check free disk space") from exc
-        self._db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(value, sqlite3.Error):
             raise OutboxError(f"outbox write failed: {value}", "check free disk space") from value
         return False
+
+    def _rollback(self) -> None:
+        """Roll back what SQLite has not rolled back itself (it does on a full disk)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -73,8 +73,12 @@ class Service:
             signal.signal(signum, self.stop)
         self._link.start()
         self._delivery.start()
-        for source in self._sources:
-            source.start()
+        try:
+            for source in self._sources:
+                source.start()
+        except BaseException:
+            self._shutdown()  # claimed files go back before the error is reported
+            raise
         self._notifier.ready(self.summary())
         log.info("ready: %s", self.summary())
         next_health = time.monotonic()
@@ -127,6 +131,10 @@ class Service:
             if abandon is not None:
                 abandon(frame)
             return
+        except Exception:  # e.g. a reply the broker cannot take: the result itself was fine
+            log.exception("delivering the result of %r failed", frame.source.item)
+            self.failed += 1
+            return
         self.processed += 1
         self._latencies.append(seconds * 1000.0)
         log.info("%s %r: %d lines in %.0f ms", frame.source.kind, frame.source.item,
@@ -138,7 +146,7 @@ class Service:
                     error.message, error.code, extra=_fields(frame, error))
         try:
             job.owner.reject(frame, error)
-        except (EdgeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001  reporting must not take the daemon down
             log.error("cannot file away %r: %s", frame.source.item, exc)
 
     def publish_health(self) -> None:

@@ -92,6 +92,12 @@ class Spool:
             claims.append(claim)
         return claims
 
+    def unrecover(self, claim: Claim) -> None:
+        """Undo `recover` for a claim that was never read: its attempt count goes back."""
+        token = claim.key.partition(".")[0]
+        os.rename(self._work / claim.key,
+                  self._work / f"{token}.{claim.attempt - 1}-{claim.original}")
+
     def unclaim(self, claim: Claim) -> None:
         """Put a claimed file back where it was found (shutting down before it was read)."""
         target = self.folder / claim.original
@@ -119,11 +125,14 @@ class Spool:
     def release(self, claim: Claim) -> None:
         """The result is safely queued: delete the file, or move it to the done folder."""
         source = self._work / claim.key
-        if self._settings.done_dir is None:
-            source.unlink(missing_ok=True)
-            return
-        _move(source, _free_name(self._settings.done_dir, claim.original))
-        self._prune_done()
+        try:
+            if self._settings.done_dir is None:
+                source.unlink(missing_ok=True)
+                return
+            _move(source, _free_name(self._settings.done_dir, claim.original))
+            self._prune_done()
+        except OSError as exc:  # the result is queued already: report, never fail the frame
+            log.error("%s: cannot release %r: %s", self.folder, claim.original, exc)
 
     def fail(self, claim: Claim, error: EdgeError, digest: str) -> Path:
         """File the claimed file under failed/ with a JSON sidecar saying why."""
@@ -159,8 +168,15 @@ class Spool:
         if now - self._last_prune < 60:
             return
         self._last_prune = now
-        entries = sorted((entry.stat().st_mtime, entry.stat().st_size, entry)
-                         for entry in self._settings.done_dir.iterdir() if entry.is_file())
+        entries = []
+        for entry in os.scandir(self._settings.done_dir):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed meanwhile
+            if stat.S_ISREG(info.st_mode):
+                entries.append((info.st_mtime, info.st_size, Path(entry.path)))
+        entries.sort()
         total = sum(size for _, size, _ in entries)
         for mtime, size, entry in entries:
             if now - mtime <= self._settings.done_max_age_s and total <= self._settings.done_max_bytes:

@@ -80,7 +80,7 @@ install_unit() {
   memory=$("$PREFIX/venv/bin/python" -c \
     "from pathlib import Path; from edge.config import load_config; \
 print(load_config(Path('$ETC/edge-ocr.yaml')).resources.memory_mb)")
-  rm -rf "$DROPIN"
+  rm -f "$DROPIN/memory.conf"  # other drop-ins (systemctl edit) are the admin's
   if [[ $memory -gt 0 ]]; then
     install -d -m 0755 "$DROPIN"
     # The daemon keeps itself inside memory_mb; the cgroup limits are the backstop above it.

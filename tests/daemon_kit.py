@@ -208,8 +208,8 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
     def spool_files(self) -> list[str]:
-        """What is left in the spool and its work folder (hidden work folder itself excluded)."""
-        left = [n for n in os.listdir(self.spool) if n != ".edge-ocr"]
+        """Files left in the spool and its work folder (sub-folders are not the daemon's)."""
+        left = [n for n in os.listdir(self.spool) if not (self.spool / n).is_dir()]
         work = self.spool / ".edge-ocr"
         return left + (os.listdir(work) if work.exists() else [])
 

@@ -184,6 +184,9 @@ def test_bad_inputs_are_refused_one_by_one_and_the_daemon_keeps_going(tmp_path, 
     daemon.wait_ready(subscriber)
     outside = tmp_path / "outside"
     outside.mkdir()
+    subfolder = daemon.spool / "2026-11"  # a producer's own sub-folder: never taken
+    subfolder.mkdir()
+    (subfolder / "inside.jpg").write_bytes(jpeg(45))
     slow = open(daemon.spool / "slow-writer.jpg", "wb")  # 0 bytes, still open for writing
     expected = bad_corpus(daemon.spool, outside)
     time.sleep(3)  # several settle periods: the open empty file must not be taken
@@ -212,6 +215,7 @@ def test_bad_inputs_are_refused_one_by_one_and_the_daemon_keeps_going(tmp_path, 
                       ("status", "health", "results", "errors")}
     assert daemon.alive()
     assert daemon.spool_files() == []
+    assert (subfolder / "inside.jpg").exists() and "inside.jpg" not in outcomes()
 
 
 # --- commands, health, availability ---------------------------------------------------------

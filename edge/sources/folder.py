@@ -131,10 +131,12 @@ class FolderSource:
                 known.closed = known.closed or closed
 
     def _run(self) -> None:
-        for claim in self._recovered:
+        for index, claim in enumerate(self._recovered):
             log.warning("%s: taking %r again after an interrupted run (attempt %d)",
                         self.name, claim.original, claim.attempt)
             if not self._queue.put(self._job(claim), self._stop):
+                for unread in self._recovered[index:]:  # never tried: no attempt used up
+                    self._spool.unrecover(unread)
                 return
         next_scan = time.monotonic() + self._reconcile_s
         while not self._stop.wait(0.1):
@@ -168,7 +170,7 @@ class FolderSource:
         with self._lock:
             for name, candidate in list(self._candidates.items()):
                 info = self._lstat(name)
-                if info is None:
+                if info is None or stat.S_ISDIR(info.st_mode):  # gone, or a sub-folder
                     del self._candidates[name]
                 elif self._is_ready(candidate, info, now):
                     ready.append((info.st_mtime_ns, name))
