@@ -15,7 +15,7 @@ from typing import Optional, Union
 import numpy as np
 
 from edge import budget
-from edge.budget import MemoryReading, Plan, Planner
+from edge.budget import MemoryReading, Planner
 from edge.config import ImagesConfig, OcrConfig
 from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult

@@ -9,6 +9,7 @@ import sys
 import cv2
 import pytest
 
+from daemon_kit import Broker
 from edge.calibration import render_page
 from edge.config import OcrConfig, default_model_dir
 from edge.frames import DecodedImage
@@ -70,3 +71,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=300)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A Mosquitto of the test's own on a free loopback port."""
+    broker = Broker(tmp_path / "broker").start()
+    yield broker
+    broker.stop()

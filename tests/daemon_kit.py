@@ -34,6 +34,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """True when something accepts connections on this loopback port."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -72,8 +78,7 @@ class Broker:
         self._process = None
 
     def _listening(self) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+        return listening(self.port)
 
 
 @dataclass

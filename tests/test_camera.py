@@ -8,7 +8,7 @@ import subprocess
 import cv2
 import pytest
 
-from daemon_kit import Broker, Daemon, Subscriber, free_port, wait_for
+from daemon_kit import Daemon, Subscriber, free_port, listening, wait_for
 from edge.calibration import render_page
 
 PAGES = (81, 82, 83)
@@ -25,13 +25,6 @@ def write_video(path, frames_per_page: int = 10) -> dict[int, set[str]]:
             writer.write(page.image)
     writer.release()
     return texts
-
-
-@pytest.fixture
-def broker(tmp_path):
-    broker = Broker(tmp_path / "broker").start()
-    yield broker
-    broker.stop()
 
 
 def camera_daemon(tmp_path, port, url, **camera) -> Daemon:
@@ -103,7 +96,7 @@ def test_rtsp_stream_published_by_ffmpeg_through_a_local_rtsp_server(tmp_path, b
     publisher = None
     daemon = None
     try:
-        wait_for(lambda: _listening(source_port), 10, "the RTSP server")
+        wait_for(lambda: listening(source_port), 10, "the RTSP server")
         publisher = subprocess.Popen(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1",
              "-i", str(tmp_path / "gate.avi"), "-c:v", "libx264", "-preset", "ultrafast",
@@ -123,12 +116,6 @@ def test_rtsp_stream_published_by_ffmpeg_through_a_local_rtsp_server(tmp_path, b
                 process.kill()
         if daemon is not None and daemon.alive():
             daemon.kill()
-
-
-def _listening(port: int) -> bool:
-    import socket
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_dead_camera_shows_in_health_and_never_blocks_the_folder(tmp_path, broker):

@@ -6,7 +6,6 @@ import json
 import os
 import sqlite3
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -16,7 +15,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from daemon_kit import Broker, Daemon, Subscriber, wait_for
+from daemon_kit import Daemon, Subscriber, wait_for
 from edge.calibration import render_page
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
@@ -29,13 +28,6 @@ def schema(name: str) -> dict:
 def jpeg(seed: int, **size) -> bytes:
     return cv2.imencode(".jpg", render_page(seed, lines=5, **size).image,
                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    broker = Broker(tmp_path / "broker").start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
