@@ -9,7 +9,7 @@ the process's peak RSS is read: once it comes within reach of the budget, the pl
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import numpy as np
@@ -23,6 +23,9 @@ from edge.imageio import ImageLimits, decode_bytes, from_pixels
 from edge.ocr.factory import LoadedModels, MemoryCaps, assemble
 
 log = logging.getLogger(__name__)
+
+_MB = 1024 * 1024
+DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG) plus the file
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,24 @@ class DaemonEngine:
         self._apply()
 
     def decode(self, raw: Union[bytes, np.ndarray]) -> DecodedImage:
-        """Encoded bytes or camera pixels as engine input, within the decode limits."""
+        """Encoded bytes or camera pixels as engine input, within the decode limits.
+
+        Under a budget the decode cap also follows the memory in use right now: what the
+        process holds at rest can drift above the measured model, and decoding is the moment
+        nothing else is running to make room.
+        """
+        if self.plan is not None:
+            self._fit_to_rest()
         if isinstance(raw, np.ndarray):
             return from_pixels(raw, self._limits)
-        return decode_bytes(raw, self._limits)
+        limits = self._limits
+        if self.plan is not None:
+            # the decode's cost is measured, not modelled: it needs less headroom
+            room_mb = (self.plan.budget_mb * budget.DEGRADE_AT - budget.read_memory().rss_mb
+                       - len(raw) / _MB)
+            limits = replace(limits, max_decode_pixels=max(
+                1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL)))
+        return decode_bytes(raw, limits)
 
     def __call__(self, image: DecodedImage) -> OcrResult:
         """Read one image."""
@@ -92,16 +109,25 @@ class DaemonEngine:
                             self.plan.budget_mb if self.plan else 0, self.degraded,
                             self.plan.describe() if self.plan else None)
 
+    def _fit_to_rest(self) -> None:
+        """Plan again before the frame if the process at rest holds more than the model's base."""
+        drift = budget.read_memory().rss_mb - self._planner.model.base_mb
+        if drift > self._unexplained_mb + 1.0:
+            self._unexplained_mb = drift
+            self._plan_again(f"memory at rest is {drift:.0f} MB above the measured base")
+
     def _replan(self, reading: MemoryReading) -> None:
         self._unexplained_mb += reading.peak_mb - self.plan.predicted_mb
+        self._plan_again(f"peak RSS {reading.peak_mb:.0f} MB is "
+                         f"{reading.peak_mb - self.plan.predicted_mb:.0f} MB over the prediction")
+
+    def _plan_again(self, why: str) -> None:
         try:
             smaller = budget.tighter(self._planner.plan(self._unexplained_mb), self.plan)
         except ConfigError:
             return  # no plan fits any more: the step-down below is all that is left
         if smaller != self.plan:
-            log.warning("peak RSS %.0f MB is %.0f MB over the plan's prediction: planning "
-                        "again: %s", reading.peak_mb, reading.peak_mb - self.plan.predicted_mb,
-                        smaller.describe())
+            log.warning("%s: planning again: %s", why, smaller.describe())
             self.plan, self.degraded = smaller, True
             self._apply()
 

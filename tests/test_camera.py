@@ -105,8 +105,9 @@ def test_rtsp_stream_published_by_ffmpeg_through_a_local_rtsp_server(tmp_path, b
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subscriber = Subscriber(broker.port)
         daemon = camera_daemon(tmp_path, broker.port, f"rtsp://127.0.0.1:{client_port}/gate",
-                               rtsp_transport="udp")
-        wait_for(lambda: subscriber.on("results"), 120, "a result from the RTSP stream")
+                               rtsp_transport="udp", open_timeout_seconds=10,
+                               read_timeout_seconds=10, reconnect_max_seconds=2)
+        wait_for(lambda: subscriber.on("results"), 180, "a result from the RTSP stream")
         body = subscriber.on("results")[0].json()
         assert body["source"]["name"] == "gate" and body["lines"]
         assert daemon.terminate()[0] == 0
