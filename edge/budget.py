@@ -4,8 +4,8 @@ The model is measured, not guessed: a child process loads the pack exactly as th
 then runs the detector and the recogniser at a few sizes and reads its own peak RSS after each
 (Linux resets the peak when "5" is written to /proc/self/clear_refs). It runs in a child so the
 daemon's own peak stays an honest record for anyone reading it from outside. The planner then
-picks the detector's side limit, the recogniser's batch width and the decode size so that the
-predicted peak fits, and the watch degrades the plan a step when the real peak comes close.
+caps the detector's input area, the recogniser's line and batch width and the decode size so
+that the predicted peak fits; the engine plans again when the real peak disagrees.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ DET_MIN_PIXELS = 64_000  # below this (about 290x220) the detector misses ordina
 _IMAGE_SIDES = (4096, 3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
-_DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG), and the file
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ class Plan:
     rec_max_width: int
     rec_max_columns: int
     image_max_side: int
-    max_decode_pixels: int
     predicted_mb: float
 
     def describe(self) -> str:
@@ -74,7 +72,7 @@ class Plan:
         return (f"budget {self.budget_mb} MB: detector input up to "
                 f"{self.det_max_pixels / 1e6:.2f} MP, lines up to {self.rec_max_width} px wide, "
                 f"{self.rec_max_columns} columns per recogniser batch, images decoded to "
-                f"{self.image_max_side} px (at most {self.max_decode_pixels / 1e6:.1f} MP), "
+                f"{self.image_max_side} px, "
                 f"predicted peak {self.predicted_mb:.0f} MB")
 
 
@@ -102,7 +100,6 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
     columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
     stage = max(model.detector_mb_at(det_pixels), model.recognizer_mb(columns))
     return Plan(budget_mb, det_pixels, rec_width, columns, image_side,
-                int(usable * _MB / _DECODE_BYTES_PER_PIXEL),
                 round(model.base_mb + _image_mb(image_side) + stage, 1))
 
 
@@ -128,8 +125,7 @@ def tighter(new: Plan, current: Plan) -> Plan:
     return replace(new, det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
                    rec_max_width=min(new.rec_max_width, current.rec_max_width),
                    rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
-                   image_max_side=min(new.image_max_side, current.image_max_side),
-                   max_decode_pixels=min(new.max_decode_pixels, current.max_decode_pixels))
+                   image_max_side=min(new.image_max_side, current.image_max_side))
 
 
 def step_down(current: Plan) -> Optional[Plan]:

@@ -58,7 +58,7 @@ class Commands:
         self._handlers: dict[str, Callable[[Command], dict[str, Any] | None]] = {
             "ocr": self._ocr,
             "status": lambda command: status(),
-            "rescan": lambda command: (rescan(), {})[1],
+            "rescan": lambda command: rescan() or {},
             "retry-failed": lambda command: {"requeued": retry_failed()},
         }
 

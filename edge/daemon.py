@@ -53,9 +53,14 @@ def build_service(config: EdgeConfig) -> Service:
     service = Service(engine, queue, outbox, link, delivery, [*folders, *cameras], runtime,
                       topics, config.health.interval_seconds)
     commands = Commands(link, queue, envelope, status=service.snapshot,
-                        rescan=lambda: [folder.rescan() for folder in folders] and None,
+                        rescan=lambda: _rescan_all(folders),
                         retry_failed=lambda: sum(folder.retry_failed() for folder in folders))
     return service
+
+
+def _rescan_all(folders: list[FolderSource]) -> None:
+    for folder in folders:
+        folder.rescan()
 
 
 def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:

@@ -155,8 +155,8 @@ def check_broker(config: EdgeConfig, timeout: float = 5.0) -> Finding:
         client.username_pw_set(mqtt.username, read_secret(mqtt.password_file)
                                if mqtt.password_file else None)
     if mqtt.tls is not None:
-        from edge.mqtt import _set_tls
-        _set_tls(client, mqtt)
+        from edge.mqtt import set_tls
+        set_tls(client, mqtt)
     client.on_connect = connected
     where = f"{mqtt.host}:{mqtt.port}"
     try:

@@ -1,9 +1,10 @@
 """The engine as the daemon runs it: decode limits and pipeline shaped by the RAM plan.
 
-Without a budget it is the configured pipeline. With one, the planner's choices replace the
-detector's side limit, the recogniser's batch width and the decode size, and after every frame
-the process's peak RSS is read: once it comes within reach of the budget, the plan steps down
-(smaller detector input, narrower batches) before the budget breaks, and health says so.
+Without a budget it is the configured pipeline. With one, the plan caps the detector's input
+area, the recogniser's line and batch width and the decode size. Before each frame the memory at
+rest is read, and the decode is capped by what is left; after each frame the peak is read. When
+either is above what the plan assumed, the plan is made again with less room (never looser);
+a peak within reach of the budget steps it down further. Health says when the plan degraded.
 """
 
 from __future__ import annotations
@@ -62,14 +63,14 @@ class DaemonEngine:
         nothing else is running to make room.
         """
         if self.plan is not None:
-            self._fit_to_rest()
+            rss_mb = budget.read_memory().rss_mb
+            self._fit_to_rest(rss_mb)
         if isinstance(raw, np.ndarray):
             return from_pixels(raw, self._limits)
         limits = self._limits
         if self.plan is not None:
             # the decode's cost is measured, not modelled: it needs less headroom
-            room_mb = (self.plan.budget_mb * budget.DEGRADE_AT - budget.read_memory().rss_mb
-                       - len(raw) / _MB)
+            room_mb = self.plan.budget_mb * budget.DEGRADE_AT - rss_mb - len(raw) / _MB
             limits = replace(limits, max_decode_pixels=max(
                 1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL)))
         return decode_bytes(raw, limits)
@@ -109,9 +110,9 @@ class DaemonEngine:
                             self.plan.budget_mb if self.plan else 0, self.degraded,
                             self.plan.describe() if self.plan else None)
 
-    def _fit_to_rest(self) -> None:
+    def _fit_to_rest(self, rss_mb: float) -> None:
         """Plan again before the frame if the process at rest holds more than the model's base."""
-        drift = budget.read_memory().rss_mb - self._planner.model.base_mb
+        drift = rss_mb - self._planner.model.base_mb
         if drift > self._unexplained_mb + 1.0:
             self._unexplained_mb = drift
             self._plan_again(f"memory at rest is {drift:.0f} MB above the measured base")
@@ -145,8 +146,7 @@ class DaemonEngine:
         if self.plan is not None:
             plan = self.plan
             caps = MemoryCaps(plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns)
-            limits = ImageLimits(limits.max_bytes, limits.max_pixels,
-                                 min(limits.max_side, plan.image_max_side), plan.max_decode_pixels)
+            limits = replace(limits, max_side=min(limits.max_side, plan.image_max_side))
         self._limits = limits
         self._pipeline = assemble(self.models, self._ocr, caps)
 

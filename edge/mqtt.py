@@ -125,7 +125,7 @@ class MqttLink:
             password = read_secret(config.password_file) if config.password_file else None
             client.username_pw_set(config.username, password)
         if config.tls is not None:
-            _set_tls(client, config)
+            set_tls(client, config)
         client.suppress_exceptions = True  # a failing callback must not end the network thread
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(config.inflight)
@@ -165,7 +165,8 @@ class MqttLink:
                                  getattr(props, "CorrelationData", None)))
 
 
-def _set_tls(client: paho.Client, config: MqttConfig) -> None:
+def set_tls(client: paho.Client, config: MqttConfig) -> None:
+    """Apply mqtt.tls to a paho client (relative paths from $CREDENTIALS_DIRECTORY)."""
     tls = config.tls
 
     def resolved(path):
