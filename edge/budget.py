@@ -144,10 +144,12 @@ def _image_mb(side: int) -> float:
 # --- measuring (in a child process) ---------------------------------------------------------
 
 def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
-    """The memory model for these OCR settings: from the cache, else measured in a child."""
+    """The memory model for these OCR settings and model files: from the cache, else measured
+    in a child."""
+    key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir)}
     if cache.exists():
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("key") == ocr_json:
+        if cached.get("key") == key:
             return MemoryModel(**cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
     try:
@@ -161,8 +163,14 @@ def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
                           "check `edge-ocr models list`")
     model = MemoryModel(**json.loads(done.stdout.splitlines()[-1]))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": ocr_json, "model": asdict(model)}), encoding="utf-8")
+    cache.write_text(json.dumps({"key": key, "model": asdict(model)}), encoding="utf-8")
     return model
+
+
+def _models_fingerprint(model_dir: Path) -> list[str]:
+    """Changes whenever a variant is built again (its variant.json is rewritten)."""
+    return sorted(f"{path.relative_to(model_dir)}@{path.stat().st_mtime_ns}"
+                  for path in model_dir.glob("*/*/variant.json"))
 
 
 def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:

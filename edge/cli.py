@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="calibrate on these images (default: rendered text pages)")
     quantize.add_argument("--precision", choices=("int8", "fp16", "all"), default="all")
     quantize.add_argument("--if-missing", action="store_true",
-                          help="build only the variants that do not exist yet")
+                          help="build only the variants that do not exist yet, or that an "
+                               "older version built differently")
     quantize.set_defaults(handler=_run_command("models_quantize"))
     return parser
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import cv2
 import pytest
@@ -12,7 +13,7 @@ from edge.calibration import render_page
 from edge.config import OcrConfig
 from edge.modelstore import ModelStore
 from edge.ocr.factory import build_pipeline
-from edge.quantize import build_fp16, build_int8, folder_set, rendered_set
+from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set
 
 from conftest import decoded
 
@@ -66,3 +67,10 @@ def test_fp16_variant_agrees_with_fp32(tiny_copy):
     assert variant.info["agreement"]["lines_text"] >= 0.95
     engine = build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="fp16"), tiny_copy)
     assert engine.variant.precision == "fp16"
+
+
+def test_variants_of_an_older_recipe_are_not_current(store):
+    installed = store.variant("ppocr-v6-small", "int8")
+    assert installed.info["recipe"] == RECIPES["int8"] and is_current(installed)
+    older = replace(installed, info={k: v for k, v in installed.info.items() if k != "recipe"})
+    assert not is_current(older)

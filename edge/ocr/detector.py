@@ -75,8 +75,14 @@ class Detector:
         new_h = self._round(height * ratio)
         new_w = self._round(width * ratio)
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        tensor = (resized.astype(np.float32) - self._offset) * self._factor
-        return tensor.transpose(2, 0, 1)[None], width / new_w, height / new_h
+        # one channel plane at a time, straight into a contiguous NCHW tensor: no float copies
+        # of the whole image on the way (they were the largest allocations outside the model)
+        tensor = np.empty((1, 3, new_h, new_w), np.float32)
+        for channel in range(3):
+            plane = tensor[0, channel]
+            np.subtract(resized[:, :, channel], self._offset[channel], out=plane)
+            plane *= self._factor[channel]
+        return tensor, width / new_w, height / new_h
 
     def _round(self, side: float) -> int:
         multiple = self._settings.multiple
