@@ -181,7 +181,7 @@ def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     from edge.config import OcrConfig
     from edge.frames import DecodedImage
     from edge.modelstore import ModelStore
-    from edge.ocr.factory import assemble, load_models
+    from edge.ocr.factory import MemoryCaps, assemble, load_models
 
     config = OcrConfig.model_validate_json(ocr_json)
     models = load_models(config, ModelStore(model_dir))
@@ -192,9 +192,10 @@ def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     base = _settled_rss()
     det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
            for side in (256, 384, 512, 640, 800)]
-    recognizer = assemble(models, config).recognizer
-    line = np.full((48, 1600, 3), 255, np.uint8)
-    rec = [(batch * 1.6, _peak_of(lambda: recognizer([line] * batch), base))
+    # batches of up to four full-width lines, the default batch cap lifted to see the slope
+    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=4 * REC_FULL_WIDTH)).recognizer
+    line = np.full((48, REC_FULL_WIDTH, 3), 255, np.uint8)
+    rec = [(batch * REC_FULL_WIDTH / 1000, _peak_of(lambda: recognizer([line] * batch), base))
            for batch in (1, 2, 3, 4)]
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)

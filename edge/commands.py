@@ -145,7 +145,8 @@ def models_quantize(args: argparse.Namespace) -> int:
     for pack in _packs(store, args.pack):
         present = store.variants(pack)
         for precision in wanted:
-            if args.if_missing and precision in present and quantize.is_current(present[precision]):
+            current = precision in present and quantize.is_current(present[precision])
+            if args.if_missing and current:
                 print(f"{pack} {precision}: present")
                 continue
             calibration = calibration or (quantize.folder_set(args.calibration)

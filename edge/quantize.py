@@ -1,11 +1,11 @@
 """Build the int8 (CPU) and fp16 (GPU) variants of a pulled pack, and measure them against fp32.
 
 int8: the detector gets static QDQ quantization (converted to opset 17 and rewritten by
-`edge.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration). The recogniser and classifier stay fp32, and the
-int8 variant reuses their files: the recogniser quantized dynamically measured slower and less
-accurate, statically 1.5x faster but 3 points of words F1 lower (even with its stem,
-squeeze-excite branches and attention neck left in fp32); the classifier quantized statically
-measured twice as slow.
+`edge.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration). The
+recogniser and classifier stay fp32, and the int8 variant reuses their files: the recogniser
+quantized dynamically measured slower and less accurate, statically 1.5x faster but 3 points of
+words F1 lower (even with its stem, squeeze-excite branches and attention neck left in fp32); the
+classifier quantized statically measured twice as slow.
 
 fp16: every model converted to float16 with float32 inputs and outputs kept, for CUDA.
 

@@ -142,7 +142,7 @@ def sigmoid_gelu(model: onnx.ModelProto) -> int:
 
 
 def _match_gelu(div, consumers: dict, constants: dict):
-    """(input, nodes, output) when `div` starts Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5."""
+    """(x, nodes, output) when `div` starts Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5."""
     if div.op_type != "Div" or not _is_constant(constants, div.input[1], math.sqrt(2.0)):
         return None
     source = div.input[0]
@@ -214,11 +214,3 @@ def _add_initializer(graph, name: str, array: np.ndarray) -> str:
 def _attributes(node) -> dict:
     return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
 
-
-def _set_attributes(node, **values) -> None:
-    kept = [attr for attr in node.attribute if attr.name not in values]
-    del node.attribute[:]
-    node.attribute.extend(kept)
-    for name, value in values.items():
-        if value is not None:
-            node.attribute.append(helper.make_attribute(name, value))

@@ -80,9 +80,8 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
     detector = Detector(models.det, replace(det_settings, max_pixels=caps.det_max_pixels))
     rec_settings = RecognizerSettings(height=models.preprocess["rec_height"],
                                       batch_size=config.rec_batch)
-    if caps.rec_max_columns:
-        rec_settings = replace(rec_settings, max_columns=min(caps.rec_max_columns,
-                                                             rec_settings.max_columns))
+    if caps.rec_max_columns:  # a RAM budget's plan, made from measurements: it governs
+        rec_settings = replace(rec_settings, max_columns=caps.rec_max_columns)
     if caps.rec_max_width:
         rec_settings = replace(rec_settings, max_width=caps.rec_max_width)
     recognizer = Recognizer(models.rec, models.charset, rec_settings)
