@@ -1,12 +1,15 @@
-"""The RAM planner on measured-style memory models, and the decoder's budget cap."""
+"""The RAM planner on measured-style models, a real measurement, and the decoder's budget cap."""
 
 from __future__ import annotations
+
+import json
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.budget import HEADROOM, MemoryModel, Planner, step_down
+from edge.budget import HEADROOM, MemoryModel, Planner, measured_model, step_down
+from edge.config import OcrConfig
 from edge.errors import ConfigError, ImageTooLargeError
 from edge.imageio import ImageLimits, decode_bytes
 
@@ -53,3 +56,13 @@ def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
     png = cv2.imencode(".png", image)[1].tobytes()
     with pytest.raises(ImageTooLargeError, match="memory budget"):
         decode_bytes(png, ImageLimits(max_side=1024, max_decode_pixels=1_000_000))
+
+
+def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files(store, tmp_path):
+    settings = OcrConfig(pack="ppocr-v6-tiny").model_dump_json()
+    cache = tmp_path / "memory-model.json"
+    model = measured_model(settings, store.root, cache)
+    # the output layer alone holds batch x width/8 x 6906 floats: ~14 MB per 1000 columns
+    assert model.rec_mb_per_kcol > 5 and model.det_mb_per_mpx > 10
+    assert measured_model(settings, store.root, cache) == model
+    assert json.loads(cache.read_text())["key"]["models"]  # variant files are part of the key

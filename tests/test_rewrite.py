@@ -18,7 +18,7 @@ from edge.quantize import pre_process, prepare_for_int8
 
 
 @pytest.fixture(scope="module", params=("ppocr-v6-small", "ppocr-v6-tiny"))
-def detector_case(request, store, tmp_path_factory):
+def detector_case(request, store):
     """(fp32 detector file, a rendered page as the detector's input tensor) for each pack."""
     pack = request.param
     spec = store.spec(pack)
