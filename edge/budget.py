@@ -129,12 +129,15 @@ def tighter(new: Plan, current: Plan) -> Plan:
 
 
 def step_down(current: Plan) -> Optional[Plan]:
-    """The next smaller plan (a fifth less detector area and batch width), or None at the floor."""
+    """The next smaller plan (a fifth less detector area, line width and batch width), or None
+    at the floor."""
     pixels = max(DET_MIN_PIXELS, int(current.det_max_pixels * 0.8))
-    columns = max(current.rec_max_width, int(current.rec_max_columns * 0.8))
-    if pixels == current.det_max_pixels and columns == current.rec_max_columns:
+    width = max(REC_MIN_WIDTH, int(current.rec_max_width * 0.8) // 8 * 8)
+    columns = max(width, int(current.rec_max_columns * 0.8))
+    if (pixels, width, columns) == (current.det_max_pixels, current.rec_max_width,
+                                    current.rec_max_columns):
         return None
-    return replace(current, det_max_pixels=pixels, rec_max_columns=columns)
+    return replace(current, det_max_pixels=pixels, rec_max_width=width, rec_max_columns=columns)
 
 
 def _image_mb(side: int) -> float:

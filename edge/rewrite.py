@@ -52,7 +52,7 @@ def pixel_shuffle_transposed_convs(model: onnx.ModelProto) -> int:
                 or list(attrs.get("strides", [])) != [2, 2] or attrs.get("group", 1) != 1
                 or any(attrs.get("pads", [0])) or any(attrs.get("output_padding", [0]))
                 or list(attrs.get("dilations", [1, 1])) != [1, 1]
-                or node.input[1] not in weights):
+                or any(name not in weights for name in node.input[1:] if name)):
             continue
         kernel = numpy_helper.to_array(weights[node.input[1]])  # [in, out, 2, 2]
         inputs, outputs = kernel.shape[:2]

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.budget import HEADROOM, MemoryModel, Planner, measured_model, step_down
+from edge.budget import (DET_MIN_PIXELS, HEADROOM, REC_MIN_WIDTH, MemoryModel, Planner,
+                         measured_model, step_down)
 from edge.config import OcrConfig
 from edge.errors import ConfigError, ImageTooLargeError
 from edge.imageio import ImageLimits, decode_bytes
@@ -43,8 +44,10 @@ def test_step_down_reaches_a_floor():
     steps = 0
     while (smaller := step_down(plan)) is not None:
         assert smaller.det_max_pixels <= plan.det_max_pixels
+        assert smaller.rec_max_width <= plan.rec_max_width <= plan.rec_max_columns
         plan, steps = smaller, steps + 1
     assert 0 < steps < 50
+    assert (plan.det_max_pixels, plan.rec_max_width) == (DET_MIN_PIXELS, REC_MIN_WIDTH)
 
 
 def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
