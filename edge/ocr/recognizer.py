@@ -22,7 +22,7 @@ class RecognizerSettings:
     lines (they are squeezed, not cut). `max_columns` caps batch size times padded width, the
     recogniser's working memory: wide lines then go in smaller batches. Its default bounds the
     output layer's tensors (batch x width/8 x classes floats) to 15 MB each with 18710 classes,
-    where four 1600-wide lines took 60 MB.
+    where a batch of four 1600-wide lines makes them 60 MB each.
     """
 
     height: int = 48
