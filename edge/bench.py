@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
+from edge import allocator
 from edge.batch import ImageOutcome
 
 STAGES = ("decode", "detect", "classify", "recognize", "total")
@@ -22,6 +23,7 @@ class BenchReport:
     medians_ms: dict[str, float]
     images_per_second: float
     peak_rss_mb: float
+    malloc: str
 
 
 def peak_rss_mb() -> float:
@@ -46,7 +48,8 @@ def summarise(outcomes: Iterable[ImageOutcome]) -> BenchReport:
                 per_stage[stage].append(outcome.result.timings_ms[stage])
     medians = {s: round(statistics.median(v), 1) for s, v in per_stage.items() if v}
     rate = (done + failed) / seconds if seconds else 0.0
-    return BenchReport(done + failed, failed, medians, round(rate, 2), round(peak_rss_mb(), 1))
+    return BenchReport(done + failed, failed, medians, round(rate, 2), round(peak_rss_mb(), 1),
+                       allocator.active())
 
 
 def format_report(report: BenchReport) -> str:
@@ -55,4 +58,5 @@ def format_report(report: BenchReport) -> str:
     width = max(len(r[0]) for r in rows) + 2
     table = "\n".join(f"{name:<{width}}{value:>10}" for name, value in rows)
     return (f"{table}\n\nimages      {report.images} ({report.failed} failed)\n"
-            f"images/s    {report.images_per_second}\npeak RSS    {report.peak_rss_mb} MB")
+            f"images/s    {report.images_per_second}\n"
+            f"peak RSS    {report.peak_rss_mb} MB (malloc: {report.malloc})")

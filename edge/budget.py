@@ -10,7 +10,6 @@ that the predicted peak fits; the engine plans again when the real peak disagree
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from edge import allocator
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _image_mb(side: int) -> float:
 def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
     """The memory model for these OCR settings and model files: from the cache, else measured
     in a child."""
-    key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir)}
+    key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active()}
     if cache.exists():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("key") == key:
@@ -226,7 +226,7 @@ def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float
 
 
 def _settled_rss() -> float:
-    release_free_memory()
+    allocator.release_free_memory()
     return read_memory().rss_mb
 
 
@@ -262,12 +262,6 @@ def read_memory(status: Path = Path("/proc/self/status")) -> MemoryReading:
     return MemoryReading(round(values["VmRSS"], 1), round(values["VmHWM"], 1))
 
 
-def release_free_memory() -> None:
-    """Hand freed heap back to the kernel (glibc keeps it otherwise); a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

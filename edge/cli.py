@@ -8,10 +8,22 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from edge import __version__
+from edge import __version__, allocator
 from edge.errors import EdgeError
 
 log = logging.getLogger("edge")
+
+
+BATCH_COMMANDS = ("ocr", "bench", "eval")
+
+
+def entry() -> None:
+    """The console script. The batch commands run under tcmalloc where it is installed; the
+    daemon keeps glibc's malloc (see `edge.allocator`)."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command in BATCH_COMMANDS:
+        allocator.preload_tcmalloc()
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,4 +125,4 @@ def _run_command(name: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

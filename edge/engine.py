@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from edge import budget
+from edge import allocator, budget
 from edge.budget import MemoryReading, Planner
 from edge.config import ImagesConfig, OcrConfig
 from edge.errors import ConfigError
@@ -92,7 +92,7 @@ class DaemonEngine:
         down if the peak came close. (Without one the heap is kept: handing it back costs
         page faults on the next frame.)"""
         if self.plan is not None:
-            budget.release_free_memory()
+            allocator.release_free_memory()
         reading = budget.read_memory()
         if self.plan is None or reading.peak_mb <= self._peak_acted_on:
             return reading  # the peak only ever grows: nothing new to learn

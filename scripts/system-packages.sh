@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages edge-ocr uses, when they are missing.
 #   --service   what the installed service needs: the build tools of systemd-python
-#               (gcc, pkg-config, libsystemd-dev, the Python headers) and python3-venv
+#               (gcc, pkg-config, libsystemd-dev, the Python headers), python3-venv and
+#               tcmalloc (lower peak RSS: see edge/allocator.py)
 #   (default)   the above, plus Mosquitto and its clients (the local broker of scripts/run.sh)
 #               and ffmpeg (serves camera streams in tests)
 #   --test      the default, plus Debian's RTSP server library (the RTSP camera test)
@@ -15,6 +16,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("tcmalloc_minimal"))' \
+  || missing+=(libtcmalloc-minimal4)
 if [[ $mode != --service ]]; then
   command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
   command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
