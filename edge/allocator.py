@@ -3,12 +3,13 @@
 ONNX Runtime, with its memory arena off, mallocs and frees every tensor of every run. glibc's
 malloc keeps the freed blocks as a fragmented heap: the peak RSS of `edge-ocr ocr` over 100
 receipts (small pack) came out anywhere between 295 and 371 MB from run to run, and 285-296 MB
-under tcmalloc, at the same speed and with a quarter of the page faults. The glibc settings that
-hand the memory back doubled the time instead.
+under tcmalloc, with a quarter of the page faults and medians within 5% of glibc's either way.
+The glibc settings that hand the memory back doubled the time instead.
 
 The daemon keeps glibc's malloc. Under a RAM budget it hands the heap back after every frame,
-and at rest glibc then holds less than tcmalloc does (the tiny pack's measured base: 131.5 MB
-under tcmalloc, about 122 MB under glibc), which is room the budget gives to decoding.
+and at rest glibc then holds less than tcmalloc does: the tiny pack's measured base was 122.6 MB
+under glibc and 131.5 MB under tcmalloc, and with 160 MB the daemon then refused the A4 scans and
+photos it could no longer afford to decode.
 
 A malloc must be in place before the interpreter's first allocation, so the console script
 re-executes itself once with the library in LD_PRELOAD. `EDGE_OCR_MALLOC=system` keeps glibc's.
