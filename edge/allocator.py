@@ -3,7 +3,7 @@
 ONNX Runtime, with its memory arena off, mallocs and frees every tensor of every run. glibc's
 malloc keeps the freed blocks as a fragmented heap: the peak RSS of `edge-ocr ocr` over 100
 receipts (small pack) came out anywhere between 295 and 352 MB from run to run (eight runs), and
-281-301 MB under tcmalloc (six runs), with a quarter of the page faults and medians within 5% of
+281-301 MB under tcmalloc (seven runs), with a quarter of the page faults and medians within 5% of
 glibc's either way.
 The glibc settings that hand the memory back doubled the time instead.
 
