@@ -3,7 +3,7 @@
 ONNX Runtime, with its memory arena off, mallocs and frees every tensor of every run. glibc's
 malloc keeps the freed blocks as a fragmented heap: the peak RSS of `edge-ocr ocr` over 100
 receipts (small pack) came out anywhere between 295 and 352 MB from run to run (eight runs), and
-281-301 MB under tcmalloc (seven runs), with a quarter of the page faults and medians within 5% of
+281-301 MB under tcmalloc (seven runs), with a quarter of the page faults and medians within 6% of
 glibc's either way. The glibc settings that hand the memory back doubled the time instead.
 
 The daemon keeps glibc's malloc. Under a RAM budget it hands the heap back after every frame,
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 TCMALLOC = "libtcmalloc_minimal.so.4"
 _SWITCH = "EDGE_OCR_MALLOC"  # tcmalloc (default) | system
@@ -49,14 +50,21 @@ def active() -> str:
 
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the kernel (both mallocs keep them otherwise)."""
+    release = _releaser()
+    if release is not None:
+        release()
+
+
+@functools.cache
+def _releaser() -> Optional[Callable[[], object]]:
+    """The running malloc's call that returns free pages, looked up once (it cannot change)."""
     lib = _tcmalloc()
     try:
         if lib is not None:
-            lib.MallocExtension_ReleaseFreeMemory()
-        else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            return lib.MallocExtension_ReleaseFreeMemory
+        return functools.partial(ctypes.CDLL("libc.so.6").malloc_trim, 0)
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def _tcmalloc() -> Optional[ctypes.CDLL]:
