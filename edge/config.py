@@ -63,7 +63,7 @@ class ImagesConfig(_Section):
 
     max_megapixels: float = Field(100.0, gt=0, le=1000,
                                   description="refuse images whose header claims more")
-    max_side: int = Field(4096, ge=256, le=16384,
+    max_side: int = Field(2048, ge=256, le=16384,
                           description="decode larger images reduced to about this longest side")
     max_file_mb: float = Field(64.0, gt=0, le=4096, description="refuse larger files")
 

@@ -33,7 +33,7 @@ class ImageLimits:
 
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 100_000_000
-    max_side: int = 4096
+    max_side: int = 2048
     max_decode_pixels: int = 0  # largest buffer the decoder may fill (a RAM budget); 0 = any
 
 
