@@ -3,8 +3,9 @@
 ONNX Runtime, with its memory arena off, mallocs and frees every tensor of every run. glibc's
 malloc keeps the freed blocks as a fragmented heap: the peak RSS of `edge-ocr ocr` over 100
 receipts (small pack, images decoded to 4096 px) came out anywhere between 295 and 352 MB from run
-to run (eight runs), and 270-301 MB under tcmalloc (19 runs), with a quarter of the page faults and
-medians within 6% of glibc's either way. The glibc settings that hand the memory back doubled the time instead.
+to run (eight runs), and 270-301 MB under tcmalloc (19 runs), with a quarter of the page faults
+and medians within 6% of glibc's either way. The glibc settings that hand the memory back doubled
+the time instead.
 
 The daemon keeps glibc's malloc. Under a RAM budget it hands the heap back after every frame,
 and at rest glibc then holds less than tcmalloc does: the tiny pack's measured base was 122.6 MB
