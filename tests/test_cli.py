@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from edge.config import read_secret
+from edge.config import load_config, parse_config, read_secret
 from edge.errors import ConfigError
 
 JSONL_KEYS = {"image", "seconds", "lines"}
@@ -173,6 +173,13 @@ def test_shipped_configs_are_valid(name):
     path = Path(__file__).resolve().parents[1] / "config" / name
     done = run_cli("check-config", str(path))
     assert done.returncode == 0, done.stderr
+
+
+def test_documented_config_holds_every_default_but_the_spool_folder():
+    documented = load_config(Path(__file__).resolve().parents[1] / "config" / "edge-ocr.yaml")
+    assert documented.model_dump(exclude={"sources"}) == parse_config({}).model_dump(
+        exclude={"sources"})
+    assert documented.images.max_side == 2048
 
 
 def test_check_config_gives_the_allowed_range(tmp_path):
