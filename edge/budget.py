@@ -262,7 +262,5 @@ def read_memory(status: Path = Path("/proc/self/status")) -> MemoryReading:
     return MemoryReading(round(values["VmRSS"], 1), round(values["VmHWM"], 1))
 
 
-
-
 if __name__ == "__main__":
     print(json.dumps(asdict(_measure(sys.argv[1], Path(sys.argv[2])))))
