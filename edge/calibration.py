@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.errors import ConfigError, ImageError
 from edge.frames import DecodedImage
-from edge.imageio import decode_file
+from edge.imageio import ImageLimits, decode_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -95,14 +95,15 @@ def rendered_images(count: int, seed: int = 0) -> Iterator[DecodedImage]:
         yield DecodedImage(page.image, page.image.shape[1], page.image.shape[0])
 
 
-def folder_images(folder: Path, count: int) -> list[DecodedImage]:
-    """Up to `count` decodable images from a folder, in name order; unreadable ones are skipped."""
+def folder_images(folder: Path, count: int, limits: ImageLimits) -> list[DecodedImage]:
+    """Up to `count` decodable images from a folder, in name order, decoded within `limits`;
+    unreadable ones are skipped."""
     if not folder.is_dir():
         raise ConfigError(f"calibration folder {folder} does not exist")
     images = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            images.append(decode_file(path))
+            images.append(decode_file(path, limits))
         except ImageError:
             continue
         if len(images) == count:

@@ -139,7 +139,8 @@ def models_quantize(args: argparse.Namespace) -> int:
     """`edge-ocr models quantize [PACK|all] [--calibration DIR]`."""
     from edge import quantize
 
-    store = _store(load_config(args.config))
+    config = load_config(args.config)
+    store = _store(config)
     wanted = ("int8", "fp16") if args.precision == "all" else (args.precision,)
     calibration = None
     for pack in _packs(store, args.pack):
@@ -149,8 +150,7 @@ def models_quantize(args: argparse.Namespace) -> int:
             if args.if_missing and current:
                 print(f"{pack} {precision}: present")
                 continue
-            calibration = calibration or (quantize.folder_set(args.calibration)
-                                          if args.calibration else quantize.rendered_set())
+            calibration = calibration or _calibration_set(args.calibration, config)
             if precision == "int8":
                 variant = quantize.build_int8(store, pack, calibration)
             else:
@@ -180,6 +180,16 @@ def _engine_config(args: argparse.Namespace) -> EdgeConfig:
 
 def _store(config: EdgeConfig) -> ModelStore:
     return ModelStore(model_dir(config))
+
+
+def _calibration_set(folder: Path | None, config: EdgeConfig):
+    """The user's frames, decoded as the engine decodes them; else rendered pages."""
+    from edge import quantize
+    from edge.engine import image_limits
+
+    if folder is None:
+        return quantize.rendered_set()
+    return quantize.folder_set(folder, image_limits(config.images))
 
 
 def _packs(store: ModelStore, name: str | None) -> list[str]:

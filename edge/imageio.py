@@ -28,12 +28,13 @@ class ImageLimits:
     """What the decoder accepts and how far it shrinks.
 
     `max_pixels` refuses bombs outright; `max_side` is the longest side worth decoding (larger
-    JPEGs are decoded at 1/2, 1/4 or 1/8 size, others are resized after decoding).
+    JPEGs are decoded at 1/2, 1/4 or 1/8 size, others are resized after decoding). Their defaults
+    are the config's (`edge.engine.image_limits` builds the limits from its images section).
     """
 
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 100_000_000
-    max_side: int = 2048
+    max_bytes: int
+    max_pixels: int
+    max_side: int
     max_decode_pixels: int = 0  # largest buffer the decoder may fill (a RAM budget); 0 = any
 
 
@@ -59,7 +60,7 @@ def probe(data: bytes) -> ImageHeader:
     raise ImageUnreadableError("not a supported image (JPEG, PNG, BMP, WebP or TIFF)")
 
 
-def decode_file(path: Path, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+def decode_file(path: Path, limits: ImageLimits) -> DecodedImage:
     """Read and decode an image file within `limits`."""
     try:
         size = path.stat().st_size
@@ -71,7 +72,7 @@ def decode_file(path: Path, limits: ImageLimits = ImageLimits()) -> DecodedImage
     return decode_bytes(data, limits)
 
 
-def decode_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+def decode_bytes(data: bytes, limits: ImageLimits) -> DecodedImage:
     """Decode image bytes within `limits`: probe, refuse bombs, reduce, check completeness."""
     header = probe(data)
     pixels = header.width * header.height
@@ -206,7 +207,7 @@ def _probe_tiff(data: bytes) -> ImageHeader | None:
     return ImageHeader("tiff", dims[256], dims[257])
 
 
-def from_pixels(pixels: np.ndarray, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+def from_pixels(pixels: np.ndarray, limits: ImageLimits) -> DecodedImage:
     """A camera frame as engine input, shrunk to `limits.max_side` like a decoded file."""
     height, width = pixels.shape[:2]
     if pixels.ndim == 2:

@@ -29,6 +29,7 @@ from onnx import version_converter
 from edge.calibration import folder_images, rendered_images
 from edge.config import OcrConfig
 from edge.frames import DecodedImage
+from edge.imageio import ImageLimits
 from edge.modelstore import ModelStore, Variant, write_variant
 from edge.ocr.detector import Detector
 from edge.ocr.factory import build_pipeline, detector_settings
@@ -61,9 +62,10 @@ def rendered_set(count: int = CALIBRATION_IMAGES) -> CalibrationSet:
                           {"source": "rendered", "images": count, "seed": 0})
 
 
-def folder_set(folder: Path, count: int = CALIBRATION_IMAGES) -> CalibrationSet:
-    """Calibrate on a user's frames; check on the next frames of the folder, or rendered pages."""
-    images = folder_images(folder, count + CHECK_IMAGES)
+def folder_set(folder: Path, limits: ImageLimits, count: int = CALIBRATION_IMAGES) -> CalibrationSet:
+    """Calibrate on a user's frames (decoded within `limits`, as the engine decodes them); check on
+    the next frames of the folder, or rendered pages."""
+    images = folder_images(folder, count + CHECK_IMAGES, limits)
     calibrate, check = images[:count], images[count:]
     if not check:
         check = list(rendered_images(CHECK_IMAGES, seed=CHECK_SEED))

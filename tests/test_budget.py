@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 
 from edge.budget import (DET_MIN_PIXELS, HEADROOM, REC_MIN_WIDTH, MemoryModel, Planner,
                          measured_model, step_down)
-from edge.config import OcrConfig
+from edge.config import ImagesConfig, OcrConfig
+from edge.engine import image_limits
 from edge.errors import ConfigError, ImageTooLargeError
-from edge.imageio import ImageLimits, decode_bytes
+from edge.imageio import decode_bytes
 
 SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
                     rec_mb_per_kcol=34.0)
@@ -53,12 +55,12 @@ def test_step_down_reaches_a_floor():
 def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
     image = np.full((3000, 4000, 3), 200, np.uint8)
     data = cv2.imencode(".jpg", image)[1].tobytes()
-    decoded = decode_bytes(data, ImageLimits(max_side=1024, max_decode_pixels=1_000_000))
+    decoded = decode_bytes(data, replace(image_limits(ImagesConfig(max_side=1024)), max_decode_pixels=1_000_000))
     assert decoded.pixels.shape[0] * decoded.pixels.shape[1] <= 1_000_000
     assert decoded.original_width == 4000
     png = cv2.imencode(".png", image)[1].tobytes()
     with pytest.raises(ImageTooLargeError, match="memory budget"):
-        decode_bytes(png, ImageLimits(max_side=1024, max_decode_pixels=1_000_000))
+        decode_bytes(png, replace(image_limits(ImagesConfig(max_side=1024)), max_decode_pixels=1_000_000))
 
 
 def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files(store, tmp_path):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from edge.calibration import render_page
+from edge.config import ImagesConfig
+from edge.engine import image_limits
 from edge.evaluate import polygon_iou
-from edge.imageio import ImageLimits, decode_bytes
+from edge.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
 
 from conftest import decoded
@@ -58,7 +60,7 @@ def test_boxes_are_in_original_pixels_after_a_reduced_decode(small_int8):
     page = render_page(11, lines=5)
     big = cv2.resize(page.image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     ok, data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    image = decode_bytes(data.tobytes(), ImageLimits(max_side=1000))
+    image = decode_bytes(data.tobytes(), image_limits(ImagesConfig(max_side=1000)))
     assert image.pixels.shape[1] == 1000
     assert image.scale == pytest.approx(big.shape[1] / 1000)
     result = small_int8(image)

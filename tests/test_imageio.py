@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 
+from edge.config import ImagesConfig
+from edge.engine import image_limits
 from edge.errors import ImageTooLargeError, ImageUnreadableError
-from edge.imageio import ImageLimits, decode_bytes, decode_file, probe
+from edge.imageio import decode_bytes, decode_file, probe
+
+LIMITS = image_limits(ImagesConfig())  # the decoder limits of the default config
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -38,30 +43,30 @@ def test_empty_file_is_unreadable(tmp_path):
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")
     with pytest.raises(ImageUnreadableError, match="empty"):
-        decode_file(path)
+        decode_file(path, LIMITS)
 
 
 def test_text_file_named_jpg_is_unreadable(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("this is not an image\n")
     with pytest.raises(ImageUnreadableError, match="not a supported image"):
-        decode_file(path)
+        decode_file(path, LIMITS)
 
 
 def test_truncated_jpeg_is_refused():
     data = _jpeg(400, 300)
     with pytest.raises(ImageUnreadableError):
-        decode_bytes(data[: len(data) // 2])
+        decode_bytes(data[: len(data) // 2], LIMITS)
 
 
 def test_png_claiming_60000_square_is_refused_from_the_header():
     with pytest.raises(ImageTooLargeError, match="60000x60000"):
-        decode_bytes(_png_header(60000, 60000) + b"\x00" * 64)
+        decode_bytes(_png_header(60000, 60000) + b"\x00" * 64, LIMITS)
 
 
 def test_jpeg_claiming_60000_square_is_refused_from_the_header():
     with pytest.raises(ImageTooLargeError, match="60000x60000"):
-        decode_bytes(_with_jpeg_size(_jpeg(64, 64), 60000, 60000))
+        decode_bytes(_with_jpeg_size(_jpeg(64, 64), 60000, 60000), LIMITS)
 
 
 def test_probe_reads_dimensions_of_each_format():
@@ -75,7 +80,7 @@ def test_probe_reads_dimensions_of_each_format():
 
 def test_large_jpeg_is_decoded_reduced_with_the_scale_back_to_original():
     data = _jpeg(4000, 1000)
-    image = decode_bytes(data, ImageLimits(max_side=1000))
+    image = decode_bytes(data, replace(LIMITS, max_side=1000))
     assert image.pixels.shape[:2] == (250, 1000)
     assert (image.original_width, image.original_height) == (4000, 1000)
     assert image.scale == pytest.approx(4.0)
@@ -85,10 +90,10 @@ def test_file_over_the_byte_limit_is_refused(tmp_path):
     path = tmp_path / "big.jpg"
     path.write_bytes(_jpeg(200, 200))
     with pytest.raises(ImageTooLargeError, match="byte limit"):
-        decode_file(path, ImageLimits(max_bytes=100))
+        decode_file(path, replace(LIMITS, max_bytes=100))
 
 
 def test_grey_png_decodes_to_three_channels():
     ok, data = cv2.imencode(".png", np.full((20, 30), 128, np.uint8))
-    image = decode_bytes(data.tobytes())
+    image = decode_bytes(data.tobytes(), LIMITS)
     assert image.pixels.shape == (20, 30, 3)

@@ -10,7 +10,8 @@ import cv2
 import pytest
 
 from edge.calibration import render_page
-from edge.config import OcrConfig
+from edge.config import ImagesConfig, OcrConfig
+from edge.engine import image_limits
 from edge.modelstore import ModelStore
 from edge.ocr.factory import build_pipeline
 from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set
@@ -51,7 +52,8 @@ def test_site_calibration_from_a_folder_of_frames(tiny_copy, tmp_path):
     for seed in range(300, 310):
         cv2.imwrite(str(frames / f"frame{seed}.png"), render_page(seed).image)
     (frames / "broken.jpg").write_bytes(b"not an image")
-    variant = build_int8(tiny_copy, "ppocr-v6-tiny", folder_set(frames, count=6))
+    calibration = folder_set(frames, image_limits(ImagesConfig()), count=6)
+    variant = build_int8(tiny_copy, "ppocr-v6-tiny", calibration)
     recorded = json.loads((tmp_path / "ppocr-v6-tiny" / "int8" / "variant.json").read_text())
     assert recorded["calibration"] == {"source": "folder", "path": str(frames.resolve()),
                                        "images": 6}
@@ -59,6 +61,14 @@ def test_site_calibration_from_a_folder_of_frames(tiny_copy, tmp_path):
     assert variant.info["agreement"]["det_pixels"] >= 0.98
     assert variant.files["det"].parent.name == "int8"
     assert variant.files["rec"].parent.name == "fp32"
+
+
+def test_calibration_frames_are_decoded_within_the_configured_limits(tmp_path):
+    page = render_page(300).image
+    cv2.imwrite(str(tmp_path / "frame.png"), page)
+    calibration = folder_set(tmp_path, image_limits(ImagesConfig(max_side=512)), count=1)
+    assert max(page.shape[:2]) > 512
+    assert max(calibration.calibrate[0].pixels.shape[:2]) <= 512
 
 
 def test_fp16_variant_agrees_with_fp32(tiny_copy):
