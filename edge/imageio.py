@@ -90,9 +90,9 @@ def decode_bytes(data: bytes, limits: ImageLimits) -> DecodedImage:
             f"pixels, over the {limits.max_decode_pixels} the memory budget allows",
             "send a smaller image, a JPEG (decoded reduced), or raise resources.memory_mb")
     image = _imdecode(data, _REDUCED_JPEG_FLAGS[factor])
+    width, height = _upright_size(header, image)
     image = _shrink_to(image, limits.max_side)
-    scale = header.width / image.shape[1]
-    return DecodedImage(image, header.width, header.height, scale)
+    return DecodedImage(image, width, height, width / image.shape[1])
 
 
 def _imdecode(data: bytes, flags: int) -> np.ndarray:
@@ -105,6 +105,15 @@ def _imdecode(data: bytes, flags: int) -> np.ndarray:
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image
+
+
+def _upright_size(header: ImageHeader, image: np.ndarray) -> tuple[int, int]:
+    """The header's size, turned when the decoder turned the image upright (EXIF orientation),
+    so that boxes are in the pixels of the picture as people see it."""
+    height, width = image.shape[:2]
+    turned = abs(width * header.width - height * header.height)
+    kept = abs(width * header.height - height * header.width)
+    return (header.height, header.width) if turned < kept else (header.width, header.height)
 
 
 def _reduction(header: ImageHeader, limits: ImageLimits) -> int:

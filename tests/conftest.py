@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -45,6 +46,15 @@ def small_fp32(store):
 @pytest.fixture(scope="session")
 def tiny_int8(store):
     return build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="int8"), store).pipeline
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF block whose orientation tag is `orientation` (6: turn 90° clockwise
+    to display), as phone cameras write it."""
+    entry = struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)  # tag, SHORT, count 1, value
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0)
+    exif = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:]
 
 
 def decoded(image) -> DecodedImage:

@@ -13,7 +13,7 @@ from edge.evaluate import polygon_iou
 from edge.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
 
-from conftest import decoded
+from conftest import decoded, with_exif_orientation
 
 
 def _read_fraction(pipeline, seeds, lines=8):
@@ -39,6 +39,7 @@ def test_lines_come_in_reading_order_with_boxes_on_the_text(small_int8):
     result = small_int8(decoded(page.image))
     texts = [line.text for line in result.lines]
     expected = [line.text for line in page.lines if line.text in texts]
+    assert len(expected) >= 6
     assert [t for t in texts if t in expected] == expected  # top to bottom
     for line in result.lines:
         truth = next((g for g in page.lines if g.text == line.text), None)
@@ -116,3 +117,19 @@ def test_latin_charset_reads_rendered_text_with_latin_characters_only(store):
     cv2.putText(canvas, "Lot 1-1 Total", (20, 80), cv2.FONT_HERSHEY_PLAIN, 3.0, (0, 0, 0), 3)
     text = latin(decoded(canvas)).text
     assert text and set(text) <= LATIN
+
+
+def test_boxes_of_a_photo_taken_sideways_are_in_the_upright_picture(small_int8):
+    page = render_page(12, lines=5)
+    sideways = np.ascontiguousarray(np.rot90(page.image))  # stored turned, shown upright
+    ok, data = cv2.imencode(".jpg", sideways, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    result = small_int8(decode_bytes(with_exif_orientation(data.tobytes(), 6),
+                                     image_limits(ImagesConfig())))
+    assert (result.width, result.height) == (page.image.shape[1], page.image.shape[0])
+    matched = 0
+    for line in result.lines:
+        truth = next((g for g in page.lines if g.text == line.text), None)
+        if truth is not None:
+            assert polygon_iou(np.array(line.box, np.float32), np.array(truth.box, np.float32)) > 0.5
+            matched += 1
+    assert matched >= 3

@@ -15,6 +15,8 @@ from edge.engine import image_limits
 from edge.errors import ImageTooLargeError, ImageUnreadableError
 from edge.imageio import decode_bytes, decode_file, probe
 
+from conftest import with_exif_orientation
+
 LIMITS = image_limits(ImagesConfig())  # the decoder limits of the default config
 
 
@@ -83,6 +85,14 @@ def test_large_jpeg_is_decoded_reduced_with_the_scale_back_to_original():
     image = decode_bytes(data, replace(LIMITS, max_side=1000))
     assert image.pixels.shape[:2] == (250, 1000)
     assert (image.original_width, image.original_height) == (4000, 1000)
+    assert image.scale == pytest.approx(4.0)
+
+
+def test_exif_orientation_is_applied_and_the_size_follows_it():
+    data = with_exif_orientation(_jpeg(4000, 1000), 6)
+    image = decode_bytes(data, replace(LIMITS, max_side=1000))
+    assert image.pixels.shape[:2] == (1000, 250)
+    assert (image.original_width, image.original_height) == (1000, 4000)
     assert image.scale == pytest.approx(4.0)
 
 
