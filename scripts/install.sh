@@ -58,7 +58,7 @@ create_folders() {
   install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE" "$STATE/models"
   if [[ ! -e $ETC/edge-ocr.yaml ]]; then
     sed -e "s#~/edge-ocr/spool#$SPOOL#" -e "s#^device_id: edge-ocr-1#device_id: $(hostname -s | tr -c 'A-Za-z0-9_\n-' '-')#" \
-      "$SOURCE/config/edge-ocr.yaml" > "$ETC/edge-ocr.yaml"
+      -e "s#^  dir: null  *\#.*#  dir: $STATE/models#" "$SOURCE/config/edge-ocr.yaml" > "$ETC/edge-ocr.yaml"
     chmod 0644 "$ETC/edge-ocr.yaml"
     say "wrote $ETC/edge-ocr.yaml (edit it, then: systemctl restart edge-ocr)"
   fi

@@ -20,6 +20,7 @@ import pytest
 
 from daemon_kit import Broker, Subscriber, wait_for
 from edge.calibration import render_page
+from edge.config import load_config
 
 pytestmark = [
     pytest.mark.boot,
@@ -141,6 +142,8 @@ def drop(root: Path, name: str, seed: int) -> None:
 
 
 def test_boot_ready_result_watchdog_restart_bad_config_poweroff_uninstall(installed, tmp_path):
+    written = load_config(installed / "etc/edge-ocr/edge-ocr.yaml")
+    assert written.models.dir == Path("/var/lib/edge-ocr/models")  # for doctor, models list
     broker = Broker(tmp_path / "broker").start()
     configure(installed, broker.port)
     subscriber = Subscriber(broker.port)
