@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from edge.calibration import IMAGE_SUFFIXES
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, ImageError
 from edge.frames import DecodedImage, OcrResult
 from edge.imageio import ImageLimits, decode_file
 
@@ -27,7 +27,7 @@ class ImageOutcome:
     image: Optional[DecodedImage] = None
 
 
-def collect_images(paths: Iterable[Path]) -> list[Path]:
+def collect_images(paths: Sequence[Path]) -> list[Path]:
     """Files as given, folders expanded to their images (not recursive), in name order."""
     found = []
     for path in paths:
@@ -38,6 +38,9 @@ def collect_images(paths: Iterable[Path]) -> list[Path]:
             found.append(path)
         else:
             raise ConfigError(f"{path} does not exist")
+    if not found:
+        raise ImageError(f"no images in {', '.join(map(str, paths))}",
+                         f"images end in {', '.join(sorted(IMAGE_SUFFIXES))}")
     return found
 
 

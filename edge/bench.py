@@ -38,16 +38,16 @@ def summarise(outcomes: Iterable[ImageOutcome]) -> BenchReport:
     done = failed = 0
     seconds = 0.0
     for outcome in outcomes:
-        seconds += outcome.seconds
         if outcome.result is None:
             failed += 1
             continue
         done += 1
+        seconds += outcome.seconds
         for stage in STAGES:
             if stage in outcome.result.timings_ms:
                 per_stage[stage].append(outcome.result.timings_ms[stage])
     medians = {s: round(statistics.median(v), 1) for s, v in per_stage.items() if v}
-    rate = (done + failed) / seconds if seconds else 0.0
+    rate = done / seconds if seconds else 0.0  # images read; a refused file takes no time
     return BenchReport(done + failed, failed, medians, round(rate, 2), round(peak_rss_mb(), 1),
                        allocator.active())
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from edge.batch import BatchRunner, ImageOutcome, collect_images
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
 from edge.errors import ConfigError, ImageError
+from edge.frames import OcrResult
 from edge.modelstore import ModelStore
 from edge.output import as_jsonl, as_text, outcome_record
 
@@ -88,10 +89,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not files:
         raise ImageError(f"no image in {', '.join(map(str, args.paths))} has ground truth in {args.gt}")
     for outcome in _progress(runner(files), len(files)):
-        if outcome.result is not None:
-            tally.add(outcome.result, read_ground_truth(find_ground_truth(args.gt, outcome.path.name)))
-        else:
+        if outcome.result is None:  # counted as read with no line: its words are all missed
             log.warning("%s: %s", outcome.path, outcome.error)
+        result = outcome.result or OcrResult(0, 0, ())
+        tally.add(result, read_ground_truth(find_ground_truth(args.gt, outcome.path.name)))
     scores = {k: round(v, 4) if isinstance(v, float) else v for k, v in tally.scores().items()}
     print(json.dumps(scores))
     return 0
@@ -218,11 +219,22 @@ def _progress(outcomes, total: int):
 
 def _print_outcome(outcome: ImageOutcome, fmt: str, several: bool) -> None:
     if outcome.error is not None:
-        print(f"edge-ocr: {outcome.path}: {outcome.error} [{outcome.error.code}]", file=sys.stderr)
+        _write(f"edge-ocr: {outcome.path}: {outcome.error} [{outcome.error.code}]", sys.stderr)
     if fmt == "jsonl":
-        print(as_jsonl(outcome), flush=True)
+        _write(as_jsonl(outcome), sys.stdout)
     elif fmt == "text" and outcome.result is not None:
-        print(as_text(outcome, with_header=several), flush=True)
+        _write(as_text(outcome, with_header=several), sys.stdout)
+
+
+def _write(text: str, stream) -> None:
+    """Print and flush; above the progress bar when one is shown (`_progress` imports tqdm only
+    then), so the bar is not torn."""
+    bars = sys.modules.get("tqdm")
+    if bars is None:
+        print(text, file=stream, flush=True)
+    else:
+        bars.tqdm.write(text, file=stream)
+        stream.flush()
 
 
 def _draw(outcome: ImageOutcome, folder: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import DrawingError
 from edge.frames import OcrResult
 
 _BOX = (0, 160, 255)
@@ -32,7 +33,12 @@ def draw_result(image: np.ndarray, result: OcrResult, scale: float = 1.0) -> np.
 def write_drawing(folder: Path, name: str, image: np.ndarray, result: OcrResult,
                   scale: float) -> Path:
     """Write the annotated image as `<folder>/<stem>.ocr.jpg`."""
-    folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{Path(name).stem}.ocr.jpg"
-    cv2.imwrite(str(dest), draw_result(image, result, scale))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(dest), draw_result(image, result, scale))
+    except (OSError, cv2.error) as exc:
+        raise DrawingError(f"cannot write {dest}: {exc}") from exc
+    if not written:
+        raise DrawingError(f"cannot write {dest}", f"check that {folder} is a writable folder")
     return dest

@@ -88,6 +88,13 @@ class OutboxError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
+class DrawingError(EdgeError):
+    """An annotated copy (`--draw DIR`) cannot be written."""
+
+    code = "draw_failed"
+    exit_code = 74  # EX_IOERR
+
+
 class BrokerError(EdgeError):
     """The MQTT settings cannot be used (TLS files, client options)."""
 

@@ -18,6 +18,10 @@ import numpy as np
 from edge.errors import ImageTooLargeError, ImageUnreadableError
 from edge.frames import DecodedImage
 
+# OpenCV logs its own warnings for bad image data; the errors raised here say the same, once, with
+# the file's name and a code.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 _REDUCED_JPEG_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                        4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

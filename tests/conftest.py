@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 
 import cv2
 import pytest
@@ -46,6 +47,14 @@ def small_fp32(store):
 @pytest.fixture(scope="session")
 def tiny_int8(store):
     return build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="int8"), store).pipeline
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The signature and header chunk of a PNG that claims `width` x `height` pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
 
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:

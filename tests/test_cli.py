@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import png_header, run_cli
 from edge.config import load_config, parse_config, read_secret
 from edge.errors import ConfigError
 
@@ -48,15 +48,29 @@ def test_json_format_is_one_array(page_files, store):
     assert len(records) == 1 and records[0]["image"] == "page8.png"
 
 
-def test_bad_file_is_reported_and_the_others_still_read(page_files, store):
+def test_bad_files_are_reported_and_the_others_still_read(page_files, store):
     folder, _ = page_files
-    (folder / "broken.jpg").write_text("not a picture")
+    bad = {"empty.jpg": (b"", "image_unreadable", "empty"),
+           "notes.jpg": (b"not a picture\n", "image_unreadable", "not a supported image"),
+           "cut.jpg": ((folder / "page7.jpg").read_bytes()[:3000], "image_unreadable", "truncated"),
+           "huge.png": (png_header(60000, 60000) + bytes(64), "image_too_large", "60000x60000")}
+    for name, (data, _, _) in bad.items():
+        (folder / name).write_bytes(data)
     done = run_cli("ocr", str(folder), "--format", "jsonl")
     assert done.returncode == 4
     records = {json.loads(line)["image"]: json.loads(line) for line in done.stdout.splitlines()}
-    assert records["broken.jpg"]["error"]["code"] == "image_unreadable"
+    for name, (_, code, words) in bad.items():
+        assert records[name]["error"]["code"] == code
+        assert records[name]["lines"] == []
+        assert f"{name}: " in done.stderr and words in records[name]["error"]["message"]
     assert records["page7.jpg"]["lines"]
-    assert "broken.jpg" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_folder_without_images_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    done = run_cli("ocr", str(tmp_path))
+    assert done.returncode == 4 and "no images in" in done.stderr
 
 
 def test_draw_writes_annotated_images(page_files, store, tmp_path):
@@ -70,6 +84,15 @@ def test_draw_writes_annotated_images(page_files, store, tmp_path):
     original = cv2.imread(str(folder / "page7.jpg"))
     assert drawn.shape == original.shape
     assert (abs(drawn.astype(int) - original.astype(int)).sum(axis=2) > 100).mean() > 0.005
+
+
+def test_draw_into_a_file_is_a_clear_error(page_files, store, tmp_path):
+    folder, _ = page_files
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    done = run_cli("ocr", str(folder / "page7.jpg"), "--draw", str(taken))
+    assert done.returncode == 74
+    assert "cannot write" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_missing_models_name_the_command_to_run(page_files, tmp_path):
@@ -120,6 +143,14 @@ def test_eval_scores_against_ground_truth(page_files, store, tmp_path):
     assert scores["images"] == 3
     assert scores["words_F1"] >= 0.85
     assert scores["det_H"] >= 0.8
+    # an image that cannot be read still counts: its words are missed, as score.py counts them
+    (folder / "page7.jpg").write_bytes(b"")
+    done = run_cli("eval", str(folder), "--gt", str(gt))
+    assert done.returncode == 0, done.stderr
+    unreadable = json.loads(done.stdout)
+    assert unreadable["images"] == 3
+    assert unreadable["words_R"] < scores["words_R"] - 0.2
+    assert unreadable["words_P"] == pytest.approx(scores["words_P"], abs=0.05)
 
 
 def test_models_list_shows_verified_packs_and_variants(store):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import replace
 
 import cv2
@@ -15,16 +14,9 @@ from edge.engine import image_limits
 from edge.errors import ImageTooLargeError, ImageUnreadableError
 from edge.imageio import decode_bytes, decode_file, probe
 
-from conftest import with_exif_orientation
+from conftest import png_header, with_exif_orientation
 
 LIMITS = image_limits(ImagesConfig())  # the decoder limits of the default config
-
-
-def _png_header(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)))
 
 
 def _jpeg(width: int, height: int, quality: int = 90) -> bytes:
@@ -63,7 +55,7 @@ def test_truncated_jpeg_is_refused():
 
 def test_png_claiming_60000_square_is_refused_from_the_header():
     with pytest.raises(ImageTooLargeError, match="60000x60000"):
-        decode_bytes(_png_header(60000, 60000) + b"\x00" * 64, LIMITS)
+        decode_bytes(png_header(60000, 60000) + b"\x00" * 64, LIMITS)
 
 
 def test_jpeg_claiming_60000_square_is_refused_from_the_header():
