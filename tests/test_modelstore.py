@@ -74,6 +74,8 @@ def test_verify_reports_a_file_changed_after_pull(tmp_path, wheels):
     store.pull("demo", wheels)
     (store.pack_dir("demo") / "fp32" / "rec.onnx").write_bytes(b"bit rot")
     assert store.verify("demo") == ["rec: sha256 mismatch"]
+    (store.pack_dir("demo") / "fp32" / "dict.txt").unlink()
+    assert store.verify("demo") == ["rec: sha256 mismatch", "dict: missing"]
 
 
 def test_missing_pack_names_the_command_that_fetches_it(tmp_path):
