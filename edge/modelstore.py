@@ -139,7 +139,8 @@ class ModelStore:
                 problems.append(f"{role}: missing")
             elif sha256_of(path) != entry["sha256"]:
                 problems.append(f"{role}: sha256 mismatch")
-        if not (folder / "dict.txt").is_file():  # written normalised: its hash is not the pinned one
+        # dict.txt is written normalised, so its hash is not the pinned one; it must be there
+        if not (folder / "dict.txt").is_file():
             problems.append("dict: missing")
         return problems
 

@@ -62,7 +62,8 @@ def rendered_set(count: int = CALIBRATION_IMAGES) -> CalibrationSet:
                           {"source": "rendered", "images": count, "seed": 0})
 
 
-def folder_set(folder: Path, limits: ImageLimits, count: int = CALIBRATION_IMAGES) -> CalibrationSet:
+def folder_set(folder: Path, limits: ImageLimits,
+               count: int = CALIBRATION_IMAGES) -> CalibrationSet:
     """Calibrate on a user's frames (decoded within `limits`, as the engine decodes them); check on
     the next frames of the folder, or rendered pages."""
     images = folder_images(folder, count + CHECK_IMAGES, limits)

@@ -55,12 +55,13 @@ def test_step_down_reaches_a_floor():
 def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
     image = np.full((3000, 4000, 3), 200, np.uint8)
     data = cv2.imencode(".jpg", image)[1].tobytes()
-    decoded = decode_bytes(data, replace(image_limits(ImagesConfig(max_side=1024)), max_decode_pixels=1_000_000))
+    limits = replace(image_limits(ImagesConfig(max_side=1024)), max_decode_pixels=1_000_000)
+    decoded = decode_bytes(data, limits)
     assert decoded.pixels.shape[0] * decoded.pixels.shape[1] <= 1_000_000
     assert decoded.original_width == 4000
     png = cv2.imencode(".png", image)[1].tobytes()
     with pytest.raises(ImageTooLargeError, match="memory budget"):
-        decode_bytes(png, replace(image_limits(ImagesConfig(max_side=1024)), max_decode_pixels=1_000_000))
+        decode_bytes(png, limits)
 
 
 def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files(store, tmp_path):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from edge.calibration import render_page
-from edge.config import ImagesConfig
+from edge.config import ImagesConfig, OcrConfig
 from edge.engine import image_limits
 from edge.evaluate import polygon_iou
 from edge.imageio import decode_bytes
+from edge.ocr.factory import assemble, load_models
 from edge.ocr.pipeline import reading_order
 
 from conftest import decoded, with_exif_orientation
@@ -130,6 +131,31 @@ def test_boxes_of_a_photo_taken_sideways_are_in_the_upright_picture(small_int8):
     for line in result.lines:
         truth = next((g for g in page.lines if g.text == line.text), None)
         if truth is not None:
-            assert polygon_iou(np.array(line.box, np.float32), np.array(truth.box, np.float32)) > 0.5
+            box, true_box = np.array(line.box, np.float32), np.array(truth.box, np.float32)
+            assert polygon_iou(box, true_box) > 0.5
             matched += 1
     assert matched >= 3
+
+
+def _mean_area(lines) -> float:
+    return float(np.mean([cv2.contourArea(np.array(line.box, np.float32)) for line in lines]))
+
+
+def test_thresholds_and_the_side_limit_follow_the_config(store):
+    models = load_models(OcrConfig(precision="int8"), store)
+    image = decoded(render_page(21, lines=8).image)
+
+    def read(**settings):
+        return assemble(models, OcrConfig(precision="int8", **settings))(image).lines
+
+    default = read()
+    assert len(default) == 8
+    confident = read(min_score=0.99)
+    assert 0 < len(confident) < len(default)
+    assert all(line.score >= 0.99 for line in confident)
+    assert not read(box_thresh=0.9)
+    assert _mean_area(read(det_thresh=0.9)) < _mean_area(default)
+    tight, loose = read(unclip_ratio=1.2), read(unclip_ratio=2.5)
+    assert _mean_area(tight) < _mean_area(default) < _mean_area(loose)
+    detector = assemble(models, OcrConfig(precision="int8", det_limit_side=320)).detector
+    assert max(detector.preprocess(image.pixels)[0].shape[2:]) <= 320
