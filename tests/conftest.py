@@ -40,11 +40,6 @@ def small_int8(store):
 
 
 @pytest.fixture(scope="session")
-def small_fp32(store):
-    return build_pipeline(OcrConfig(precision="fp32"), store).pipeline
-
-
-@pytest.fixture(scope="session")
 def tiny_int8(store):
     return build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="int8"), store).pipeline
 

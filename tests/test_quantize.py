@@ -19,20 +19,24 @@ from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_curren
 from conftest import decoded
 
 
-def test_installed_int8_agrees_with_fp32_on_the_same_images(small_int8, small_fp32):
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_installed_int8_agrees_with_fp32_on_the_same_images(store, pack):
+    int8 = build_pipeline(OcrConfig(pack=pack, precision="int8"), store).pipeline
+    fp32 = build_pipeline(OcrConfig(pack=pack, precision="fp32"), store).pipeline
     same = total = 0
     for seed in range(200, 206):
         image = decoded(render_page(seed).image)
-        expected = [line.text for line in small_fp32(image).lines]
-        got = set(line.text for line in small_int8(image).lines)
+        expected = [line.text for line in fp32(image).lines]
+        got = set(line.text for line in int8(image).lines)
         same += sum(text in got for text in expected)
         total += len(expected)
     assert total > 30
     assert same / total >= 0.95
 
 
-def test_installed_int8_records_its_calibration_and_agreement(store):
-    info = store.variant("ppocr-v6-small", "int8").info
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_installed_int8_records_its_calibration_and_agreement(store, pack):
+    info = store.variant(pack, "int8").info
     assert info["calibration"]["source"] in ("rendered", "folder")
     assert info["agreement"]["det_pixels"] >= 0.99
     assert info["agreement"]["lines_text"] >= 0.9
