@@ -251,8 +251,9 @@ def _describe_variant(info: dict) -> str:
         parts.append(f"calibrated on {cal['images']} {cal['source']} images")
     if info.get("agreement"):
         agr = info["agreement"]
-        parts.append(f"agrees with fp32 on {agr['images']} images: {agr['det_pixels']:.2%} of "
-                     f"detector pixels, {agr['lines_text']:.2%} of lines"
+        where = f" on {agr['device']}" if "device" in agr else ""
+        parts.append(f"agrees with fp32 on {agr['images']} images{where}: "
+                     f"{agr['det_pixels']:.2%} of detector pixels, {agr['lines_text']:.2%} of lines"
                      + (f", {agr['cls_decisions']:.2%} of turn decisions"
                         if "cls_decisions" in agr else ""))
     if info.get("source") == "pulled":

@@ -165,11 +165,14 @@ def _save(model: onnx.ModelProto, dest: Path) -> Path:
 
 def _record_agreement(store: ModelStore, pack: str, precision: str,
                       images: list[DecodedImage]) -> Variant:
-    """Run fp32 and the new variant side by side on `images`; store the figures in variant.json."""
+    """Run fp32 and the new variant side by side on `images`; store the figures in variant.json.
+    The fp16 variant runs where it is meant to, on CUDA, when this machine has it."""
     base = build_pipeline(OcrConfig(pack=pack, precision="fp32"), store)
-    new = build_pipeline(OcrConfig(pack=pack, precision=precision), store)
+    device = "auto" if precision == "fp16" else "cpu"
+    new = build_pipeline(OcrConfig(pack=pack, precision=precision, device=device), store)
     agreement = {
         "images": len(images),
+        "device": new.device,
         "det_pixels": round(_pixel_agreement(base.pipeline.detector, new.pipeline.detector,
                                              images), 5),
         "lines_text": round(_text_agreement(base.pipeline, new.pipeline, images), 5),

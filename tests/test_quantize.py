@@ -14,6 +14,7 @@ from edge.config import ImagesConfig, OcrConfig
 from edge.engine import image_limits
 from edge.modelstore import ModelStore
 from edge.ocr.factory import build_pipeline
+from edge.ocr.session import resolve_device
 from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set
 
 from conftest import decoded
@@ -79,6 +80,7 @@ def test_fp16_variant_agrees_with_fp32(tiny_copy):
     variant = build_fp16(tiny_copy, "ppocr-v6-tiny", rendered_set(count=1).check[:3])
     assert variant.info["agreement"]["det_pixels"] >= 0.999
     assert variant.info["agreement"]["lines_text"] >= 0.95
+    assert variant.info["agreement"]["device"] == resolve_device("auto")  # CUDA where there is one
     engine = build_pipeline(OcrConfig(pack="ppocr-v6-tiny", precision="fp16"), tiny_copy)
     assert engine.variant.precision == "fp16"
 
