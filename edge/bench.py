@@ -47,7 +47,7 @@ def summarise(outcomes: Iterable[ImageOutcome]) -> BenchReport:
             if stage in outcome.result.timings_ms:
                 per_stage[stage].append(outcome.result.timings_ms[stage])
     medians = {s: round(statistics.median(v), 1) for s, v in per_stage.items() if v}
-    rate = done / seconds if seconds else 0.0  # images read; a refused file takes no time
+    rate = done / seconds if seconds else 0.0  # images read per second; failures apart
     return BenchReport(done + failed, failed, medians, round(rate, 2), round(peak_rss_mb(), 1),
                        allocator.active())
 

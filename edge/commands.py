@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.batch import BatchRunner, ImageOutcome, collect_images
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
@@ -14,6 +15,9 @@ from edge.errors import ConfigError, ImageError
 from edge.frames import OcrResult
 from edge.modelstore import ModelStore
 from edge.output import as_jsonl, as_text, outcome_record
+
+if TYPE_CHECKING:  # quantizing imports onnx and the quantizer: only that command loads them
+    from edge.quantize import CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +187,7 @@ def _store(config: EdgeConfig) -> ModelStore:
     return ModelStore(model_dir(config))
 
 
-def _calibration_set(folder: Path | None, config: EdgeConfig):
+def _calibration_set(folder: Path | None, config: EdgeConfig) -> CalibrationSet:
     """The user's frames, decoded as the engine decodes them; else rendered pages."""
     from edge import quantize
     from edge.engine import image_limits
