@@ -27,6 +27,20 @@ def _read_fraction(pipeline, seeds, lines=8):
     return hits / total
 
 
+def _boxes_on_the_text(result, page, factor: float = 1.0) -> int:
+    """Check that each line read with a rendered line's exact text has its box on that line
+    (IoU > 0.5, the truth scaled by `factor`); returns how many lines were checked."""
+    matched = 0
+    for line in result.lines:
+        truth = next((g for g in page.lines if g.text == line.text), None)
+        if truth is not None:
+            true_box = np.array(truth.box, np.float32) * factor
+            iou = polygon_iou(np.array(line.box, np.float32), true_box)
+            assert iou > 0.5, (line.text, line.box, truth.box)
+            matched += 1
+    return matched
+
+
 def test_small_int8_reads_rendered_lines(small_int8):
     assert _read_fraction(small_int8, range(100, 106)) >= 0.85
 
@@ -42,11 +56,7 @@ def test_lines_come_in_reading_order_with_boxes_on_the_text(small_int8):
     expected = [line.text for line in page.lines if line.text in texts]
     assert len(expected) >= 6
     assert [t for t in texts if t in expected] == expected  # top to bottom
-    for line in result.lines:
-        truth = next((g for g in page.lines if g.text == line.text), None)
-        if truth is not None:
-            iou = polygon_iou(np.array(line.box, np.float32), np.array(truth.box, np.float32))
-            assert iou > 0.5, (line.text, line.box, truth.box)
+    _boxes_on_the_text(result, page)
 
 
 def test_result_carries_size_scores_and_stage_timings(small_int8):
@@ -67,14 +77,7 @@ def test_boxes_are_in_original_pixels_after_a_reduced_decode(small_int8):
     assert image.scale == pytest.approx(big.shape[1] / 1000)
     result = small_int8(image)
     assert (result.width, result.height) == (big.shape[1], big.shape[0])
-    matched = 0
-    for line in result.lines:
-        truth = next((g for g in page.lines if g.text == line.text), None)
-        if truth is not None:
-            scaled = np.array(truth.box, np.float32) * 4
-            assert polygon_iou(np.array(line.box, np.float32), scaled) > 0.5
-            matched += 1
-    assert matched >= 3
+    assert _boxes_on_the_text(result, page, factor=4) >= 3
 
 
 def test_vertical_line_is_turned_before_recognition(small_int8):
@@ -127,14 +130,7 @@ def test_boxes_of_a_photo_taken_sideways_are_in_the_upright_picture(small_int8):
     result = small_int8(decode_bytes(with_exif_orientation(data.tobytes(), 6),
                                      image_limits(ImagesConfig())))
     assert (result.width, result.height) == (page.image.shape[1], page.image.shape[0])
-    matched = 0
-    for line in result.lines:
-        truth = next((g for g in page.lines if g.text == line.text), None)
-        if truth is not None:
-            box, true_box = np.array(line.box, np.float32), np.array(truth.box, np.float32)
-            assert polygon_iou(box, true_box) > 0.5
-            matched += 1
-    assert matched >= 3
+    assert _boxes_on_the_text(result, page) >= 3
 
 
 def _mean_area(lines) -> float:
