@@ -6,15 +6,20 @@ import json
 import shutil
 from dataclasses import replace
 
+from pathlib import Path
+
 import cv2
+import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from edge.calibration import render_page
 from edge.config import ImagesConfig, OcrConfig
 from edge.engine import image_limits
 from edge.modelstore import ModelStore
-from edge.ocr.factory import build_pipeline
-from edge.ocr.session import resolve_device
+from edge.ocr.factory import assemble, build_pipeline, load_models
+from edge.ocr.detector import INPUT_QUANTIZATION, input_quantization
+from edge.ocr.session import ModelSession, SessionSettings, resolve_device
 from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set
 
 from conftest import decoded
@@ -41,6 +46,32 @@ def test_installed_int8_records_its_calibration_and_agreement(store, pack):
     assert info["calibration"]["source"] in ("rendered", "folder")
     assert info["agreement"]["det_pixels"] >= 0.99
     assert info["agreement"]["lines_text"] >= 0.9
+
+
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_int8_detector_input_is_quantized_by_the_caller_exactly_as_the_model_did(store, pack):
+    int8_config, fp32_config = (OcrConfig(pack=pack, precision=p) for p in ("int8", "fp32"))
+    int8, fp32 = load_models(int8_config, store), load_models(fp32_config, store)
+    scale, zero_point = input_quantization(int8.det.metadata)
+    assert INPUT_QUANTIZATION not in fp32.det.metadata
+    page = render_page(11).image
+    float_input = assemble(fp32, fp32_config).detector.preprocess(page)[0]
+    quantized = assemble(int8, int8_config).detector.preprocess(page)[0]
+    assert float_input.dtype == np.float32 and quantized.dtype == np.uint8
+    assert np.array_equal(_quantize_linear(scale, zero_point)(float_input), quantized)
+
+
+def _quantize_linear(scale: float, zero_point: int) -> ModelSession:
+    """ONNX Runtime's QuantizeLinear alone, as the int8 detector began before it was rewritten."""
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"])], "quantize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, None)],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+         helper.make_tensor("zero_point", TensorProto.UINT8, [], [zero_point])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ModelSession(Path("quantize_linear.onnx"), SessionSettings(),
+                        model=model.SerializeToString())
 
 
 @pytest.fixture

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
 
 Model = Callable[[np.ndarray], np.ndarray]
+# model metadata naming the (scale, zero point) of a model that takes its input quantized
+INPUT_QUANTIZATION = "edge-ocr.input_quantization"
 _DILATION = np.ones((2, 2), np.uint8)
 
 
@@ -22,6 +24,8 @@ class DetectorSettings:
     does `max_pixels`, a cap on the input's area that a RAM budget sets;
     `thresh` binarises the probability map; `box_thresh` drops boxes whose mean probability is
     lower; `unclip_ratio` grows each shrunk text kernel back to the whole line.
+    `input_quantization` is the (scale, zero point) of a model that takes its input already
+    quantized to uint8 (the int8 variant); None for a model that takes float32.
     """
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -36,6 +40,7 @@ class DetectorSettings:
     dilate: bool = True
     min_box_side: float = 3.0
     max_candidates: int = 1000
+    input_quantization: Optional[tuple[float, int]] = None
 
 
 class Detector:
@@ -46,6 +51,10 @@ class Detector:
         self._settings = settings
         self._offset = np.array(settings.mean, np.float32) * 255.0
         self._factor = 1.0 / (np.array(settings.std, np.float32) * 255.0)
+        self._table = None
+        if settings.input_quantization is not None:
+            self._table = _quantization_table(settings.mean, settings.std,
+                                              *settings.input_quantization)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Detect text in a BGR image."""
@@ -66,7 +75,8 @@ class Detector:
         return self._model(self.preprocess(image)[0])[0, 0]
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Resize to multiples of `multiple` within `limit_side`, normalise, NCHW float32."""
+        """Resize to multiples of `multiple` within `limit_side`, normalise; NCHW float32, or
+        NCHW uint8 for a model that takes its input quantized."""
         height, width = image.shape[:2]
         ratio = max(1.0, self._settings.min_side / min(height, width))
         ratio = min(ratio, self._settings.limit_side / max(height, width))
@@ -75,6 +85,13 @@ class Detector:
         new_h = self._round(height * ratio)
         new_w = self._round(width * ratio)
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if self._table is not None:
+            # normalising and quantizing map each 8-bit value to one 8-bit value: a table
+            # look-up per channel, and no float32 copy of the image (four times its size)
+            tensor = np.empty((1, 3, new_h, new_w), np.uint8)
+            for channel, plane in enumerate(cv2.split(resized)):
+                cv2.LUT(plane, self._table[channel], dst=tensor[0, channel])
+            return tensor, width / new_w, height / new_h
         # one channel plane at a time, straight into a contiguous NCHW tensor: no float copies
         # of the whole image on the way (they were the largest allocations outside the model)
         tensor = np.empty((1, 3, new_h, new_w), np.float32)
@@ -113,6 +130,25 @@ class Detector:
         if min(w, h) < settings.min_box_side + 2:
             return None
         return order_clockwise(cv2.boxPoints((center, (w, h), angle)))
+
+
+def input_quantization(metadata: dict) -> Optional[tuple[float, int]]:
+    """The (scale, zero point) a model's metadata gives for its quantized input, or None."""
+    if INPUT_QUANTIZATION not in metadata:
+        return None
+    scale, zero_point = metadata[INPUT_QUANTIZATION].split()
+    return float(scale), int(zero_point)
+
+
+def _quantization_table(mean: tuple, std: tuple, scale: float, zero_point: int) -> np.ndarray:
+    """For each channel, the uint8 that normalising then quantizing turns each pixel value into
+    (rounded half to even and saturated, as ONNX QuantizeLinear does)."""
+    values = np.arange(256, dtype=np.float32)[:, np.newaxis]
+    offset = np.array(mean, np.float32) * 255.0
+    factor = 1.0 / (np.array(std, np.float32) * 255.0)
+    normalised = (values - offset) * factor
+    quantized = np.rint(normalised / np.float32(scale)) + zero_point
+    return np.ascontiguousarray(np.clip(quantized, 0, 255).astype(np.uint8).T)  # (3, 256)
 
 
 def order_clockwise(points: np.ndarray) -> np.ndarray:

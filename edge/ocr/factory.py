@@ -9,7 +9,7 @@ from edge.config import OcrConfig
 from edge.modelstore import ModelStore, Variant
 from edge.ocr.charset import restricted_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
-from edge.ocr.detector import Detector, DetectorSettings
+from edge.ocr.detector import Detector, DetectorSettings, input_quantization
 from edge.ocr.pipeline import OcrPipeline
 from edge.ocr.recognizer import Recognizer, RecognizerSettings
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
@@ -77,7 +77,9 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
     """Wire the stages around loaded sessions with the config's thresholds, side limit and batch,
     within `caps`."""
     det_settings = detector_settings(config, models.preprocess, models.postprocess)
-    detector = Detector(models.det, replace(det_settings, max_pixels=caps.det_max_pixels))
+    detector = Detector(models.det, replace(
+        det_settings, max_pixels=caps.det_max_pixels,
+        input_quantization=input_quantization(models.det.metadata)))
     rec_settings = RecognizerSettings(height=models.preprocess["rec_height"],
                                       batch_size=config.rec_batch)
     if caps.rec_max_columns:  # a RAM budget's plan, made from measurements: it governs
