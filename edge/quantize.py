@@ -160,12 +160,12 @@ def take_quantized_input(model: onnx.ModelProto) -> onnx.ModelProto:
     (changed in place and returned). A model whose input is not quantized is returned as is."""
     graph = model.graph
     source = graph.input[0]
-    quantizers = [node for node in graph.node
-                  if node.op_type == "QuantizeLinear" and node.input[0] == source.name]
-    if len(quantizers) != 1:
-        return model
-    quantizer = quantizers[0]
+    readers = [node for node in graph.node if source.name in node.input]
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or not all(
+            name in constants and constants[name].size == 1 for name in readers[0].input[1:3]):
+        return model  # only a per-tensor quantizer that alone reads the input can be taken out
+    quantizer = readers[0]
     scale, zero_point = (constants[name] for name in quantizer.input[1:3])
     for node in graph.node:
         node.input[:] = [source.name if name == quantizer.output[0] else name

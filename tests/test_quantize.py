@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -20,7 +21,8 @@ from edge.modelstore import ModelStore
 from edge.ocr.factory import assemble, build_pipeline, load_models
 from edge.ocr.detector import INPUT_QUANTIZATION, input_quantization
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
-from edge.quantize import RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set
+from edge.quantize import (RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set,
+                           take_quantized_input)
 
 from conftest import decoded
 
@@ -59,6 +61,15 @@ def test_int8_detector_input_is_quantized_by_the_caller_exactly_as_the_model_did
     quantized = assemble(int8, int8_config).detector.preprocess(page)[0]
     assert float_input.dtype == np.float32 and quantized.dtype == np.uint8
     assert np.array_equal(_quantize_linear(scale, zero_point)(float_input), quantized)
+
+
+def test_a_model_whose_input_is_not_quantized_keeps_its_float_input(store):
+    model = onnx.load(str(store.variant("ppocr-v6-tiny", "fp32").files["det"]))
+    nodes = len(model.graph.node)
+    take_quantized_input(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert len(model.graph.node) == nodes
+    assert INPUT_QUANTIZATION not in {prop.key for prop in model.metadata_props}
 
 
 def _quantize_linear(scale: float, zero_point: int) -> ModelSession:
