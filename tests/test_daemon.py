@@ -117,7 +117,11 @@ def test_kill_9_mid_run_loses_nothing(broker, run_daemon):
 
 
 def _outbox_depth(path: Path) -> int:
+    """Messages waiting in the outbox; 0 while the daemon has created the file but not yet its
+    table."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone() is None:
+            return 0
         return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
 
