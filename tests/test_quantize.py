@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-
 from pathlib import Path
 
 import cv2
@@ -18,8 +17,8 @@ from edge.calibration import render_page
 from edge.config import ImagesConfig, OcrConfig
 from edge.engine import image_limits
 from edge.modelstore import ModelStore
-from edge.ocr.factory import assemble, build_pipeline, load_models
 from edge.ocr.detector import INPUT_QUANTIZATION, input_quantization
+from edge.ocr.factory import assemble, build_pipeline, load_models
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
 from edge.quantize import (RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set,
                            take_quantized_input)
