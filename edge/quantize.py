@@ -161,12 +161,15 @@ def take_quantized_input(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     source = graph.input[0]
     readers = [node for node in graph.node if source.name in node.input]
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or not all(
-            name in constants and constants[name].size == 1 for name in readers[0].input[1:3]):
-        return model  # only a per-tensor quantizer that alone reads the input can be taken out
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        return model
     quantizer = readers[0]
-    scale, zero_point = (constants[name] for name in quantizer.input[1:3])
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    params = [numpy_helper.to_array(initializers[name]) for name in quantizer.input[1:3]
+              if name in initializers]
+    if len(params) != 2 or any(param.size != 1 for param in params):
+        return model  # only a per-tensor quantizer with constant parameters can be taken out
+    scale, zero_point = params
     for node in graph.node:
         node.input[:] = [source.name if name == quantizer.output[0] else name
                          for name in node.input]

@@ -51,10 +51,9 @@ class Detector:
         self._settings = settings
         self._offset = np.array(settings.mean, np.float32) * 255.0
         self._factor = 1.0 / (np.array(settings.std, np.float32) * 255.0)
-        self._table = None
-        if settings.input_quantization is not None:
-            self._table = _quantization_table(settings.mean, settings.std,
-                                              *settings.input_quantization)
+        self._table = (None if settings.input_quantization is None else
+                       _quantization_table(self._offset, self._factor,
+                                           *settings.input_quantization))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Detect text in a BGR image."""
@@ -140,12 +139,12 @@ def input_quantization(metadata: dict) -> Optional[tuple[float, int]]:
     return float(scale), int(zero_point)
 
 
-def _quantization_table(mean: tuple, std: tuple, scale: float, zero_point: int) -> np.ndarray:
-    """For each channel, the uint8 that normalising then quantizing turns each pixel value into
-    (rounded half to even and saturated, as ONNX QuantizeLinear does)."""
+def _quantization_table(offset: np.ndarray, factor: np.ndarray, scale: float,
+                        zero_point: int) -> np.ndarray:
+    """For each channel, the uint8 that normalising ((value - offset) * factor) then quantizing
+    turns each pixel value into (rounded half to even and saturated, as ONNX QuantizeLinear
+    does)."""
     values = np.arange(256, dtype=np.float32)[:, np.newaxis]
-    offset = np.array(mean, np.float32) * 255.0
-    factor = 1.0 / (np.array(std, np.float32) * 255.0)
     normalised = (values - offset) * factor
     quantized = np.rint(normalised / np.float32(scale)) + zero_point
     return np.ascontiguousarray(np.clip(quantized, 0, 255).astype(np.uint8).T)  # (3, 256)
