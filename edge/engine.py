@@ -3,9 +3,9 @@
 Without a budget it is the configured pipeline. With one, the plan caps the detector's input
 area, the recogniser's line and batch width and the decode size. Before each frame the memory at
 rest is read, the decode is capped by what is left, and the decoder's scratch is handed back
-before the stages run; after each frame the peak is read. When
-either is above what the plan assumed, the plan is made again with less room (never looser);
-a peak within reach of the budget steps it down further. Health says when the plan degraded.
+before the stages run; after each frame the peak is read. When either is above what the plan
+assumed, the plan is made again with less room (never looser); a peak within reach of the
+budget steps it down further. Health says when the plan degraded.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class DaemonEngine:
                 1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL)))
         image = _decode(raw, limits)
         # the decoder's scratch (a JPEG decoded at a reduced scale, then resized) would otherwise
-        # stay resident under the stages' own peak: measured +15 MB on an A4 scan
+        # stay resident under the stages' own peak: measured +15 MB on an A4 scan, for a trim
+        # of about 3.5 ms
         allocator.release_free_memory()
         return image
 

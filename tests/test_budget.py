@@ -14,9 +14,9 @@ from edge.budget import (DET_MIN_PIXELS, HEADROOM, REC_MIN_WIDTH, MemoryModel, P
 from edge.calibration import render_page
 from edge.config import ImagesConfig, OcrConfig
 from edge.engine import DaemonEngine, image_limits
-from edge.ocr.factory import load_models
 from edge.errors import ConfigError, ImageTooLargeError
 from edge.imageio import decode_bytes
+from edge.ocr.factory import load_models
 
 SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
                     rec_mb_per_kcol=34.0)
@@ -73,8 +73,8 @@ def test_under_a_budget_the_decoders_scratch_is_handed_back_before_the_stages_ru
     engine = DaemonEngine(load_models(ocr, store), ocr, images,
                           Planner(model, 1024, ocr.det_limit_side, ocr.rec_batch, 1024))
     # an A4 scan: decoded at half scale inside the JPEG decoder, then resized to 1024
-    scan = cv2.imencode(".jpg", render_page(703, width=2480, height=3508, lines=12).image)[1]
-    data = scan.tobytes()
+    page = render_page(703, width=2480, height=3508, lines=12).image
+    data = cv2.imencode(".jpg", page)[1].tobytes()
     for _ in range(3):  # once the allocator keeps large freed blocks, they stay resident
         before = read_memory().rss_mb
         image = engine.decode(data)
