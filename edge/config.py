@@ -191,7 +191,7 @@ class LoggingConfig(_Section):
 
     level: Level = Field("info", description="level of edge-ocr's own loggers")
     modules: dict[str, Level] = Field(
-        default_factory=dict, description="per-module levels, e.g. {edge.mqtt: debug}")
+        default_factory=dict, description="per-module levels, e.g. {edge.delivery.mqtt: debug}")
 
 
 class PathsConfig(_Section):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-EDGE = [sys.executable, "-m", "edge.cli"]
+EDGE = [sys.executable, "-m", "edge"]
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 

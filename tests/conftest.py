@@ -12,11 +12,11 @@ import cv2
 import pytest
 
 from daemon_kit import Broker
-from edge.calibration import render_page
 from edge.config import OcrConfig, default_model_dir
 from edge.frames import DecodedImage
-from edge.modelstore import ModelStore
-from edge.ocr.factory import build_pipeline
+from edge.models.calibration import render_page
+from edge.models.factory import build_pipeline
+from edge.models.store import ModelStore
 
 PACKS = ("ppocr-v6-small", "ppocr-v6-tiny")
 
@@ -83,7 +83,7 @@ def page_files(tmp_path):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `edge-ocr` in a child process, as a user would."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
                           text=True, env=full_env, timeout=300)
 
 

@@ -182,7 +182,7 @@ class Daemon:
     def start(self) -> "Daemon":
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "edge", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         return self
 

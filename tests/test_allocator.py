@@ -20,7 +20,7 @@ def test_batch_commands_run_under_tcmalloc_unless_told_not_to(page_files, store)
 def test_release_free_memory_hands_tcmallocs_free_pages_back():
     code = (
         "import numpy as np\n"
-        "from edge import allocator, budget\n"
+        "from edge.daemon import allocator, budget\n"
         "assert allocator.active() == 'tcmalloc'\n"
         "blocks = [np.ones(256 * 1024, np.uint8) for _ in range(800)]  # 200 MB, touched\n"
         "del blocks\n"

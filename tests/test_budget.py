@@ -9,14 +9,22 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.budget import (DET_MIN_PIXELS, HEADROOM, REC_MIN_WIDTH, MemoryModel, Planner,
-                         measured_model, read_memory, step_down)
-from edge.calibration import render_page
 from edge.config import ImagesConfig, OcrConfig
-from edge.engine import DaemonEngine, image_limits
+from edge.daemon.budget import (
+    DET_MIN_PIXELS,
+    HEADROOM,
+    REC_MIN_WIDTH,
+    MemoryModel,
+    Planner,
+    measured_model,
+    read_memory,
+    step_down,
+)
+from edge.daemon.budgeted_engine import DaemonEngine, image_limits
 from edge.errors import ConfigError, ImageTooLargeError
-from edge.imageio import decode_bytes
-from edge.ocr.factory import load_models
+from edge.models.calibration import render_page
+from edge.models.factory import load_models
+from edge.ocr.imageio import decode_bytes
 
 SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
                     rec_mb_per_kcol=34.0)

@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 from daemon_kit import Daemon, Subscriber, free_port, listening, wait_for
-from edge.calibration import render_page
+from edge.models.calibration import render_page
 
 PAGES = (81, 82, 83)
 

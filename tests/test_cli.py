@@ -180,7 +180,7 @@ def test_progress_bar_only_when_stderr_is_a_terminal(page_files, store):
     import termios
 
     folder, _ = page_files
-    command = [sys.executable, "-m", "edge.cli", "ocr", str(folder), "--format", "jsonl",
+    command = [sys.executable, "-m", "edge", "ocr", str(folder), "--format", "jsonl",
                "--pack", "ppocr-v6-tiny"]
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from daemon_kit import Daemon, Subscriber, wait_for
-from edge.calibration import render_page
+from edge.models.calibration import render_page
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import run_cli
 from daemon_kit import Broker
+from edge.cli.doctor import check_memory_controller
 from edge.config import EdgeConfig
-from edge.doctor import check_memory_controller
 
 
 def test_doctor_checks_broker_spool_and_models_one_line_each(tmp_path):

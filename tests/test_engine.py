@@ -6,15 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.calibration import render_page
-from edge.config import ImagesConfig, OcrConfig
-from edge.engine import image_limits
-from edge.evaluate import polygon_iou
-from edge.imageio import decode_bytes
-from edge.ocr.factory import assemble, load_models
-from edge.ocr.pipeline import reading_order
-
 from conftest import decoded, with_exif_orientation
+from edge.cli.evaluate import polygon_iou
+from edge.config import ImagesConfig, OcrConfig
+from edge.daemon.budgeted_engine import image_limits
+from edge.models.calibration import render_page
+from edge.models.factory import assemble, load_models
+from edge.ocr.imageio import decode_bytes
+from edge.ocr.pipeline import reading_order
 
 
 def _read_fraction(pipeline, seeds, lines=8):
@@ -112,8 +111,8 @@ def test_reading_order_groups_rows_then_left_to_right():
 
 def test_latin_charset_reads_rendered_text_with_latin_characters_only(store):
     from edge.config import OcrConfig
+    from edge.models.factory import build_pipeline
     from edge.ocr.charset import LATIN
-    from edge.ocr.factory import build_pipeline
 
     latin = build_pipeline(OcrConfig(charset="latin"), store).pipeline
     assert _read_fraction(latin, range(100, 104)) >= 0.85

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 
 from daemon_kit import Broker, Daemon, Subscriber, wait_for
-from edge.calibration import render_page
+from edge.models.calibration import render_page
 
 
 def page_jpeg(seed: int) -> bytes:

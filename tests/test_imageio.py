@@ -9,12 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import ImagesConfig
-from edge.engine import image_limits
-from edge.errors import ImageTooLargeError, ImageUnreadableError
-from edge.imageio import decode_bytes, decode_file, probe
-
 from conftest import png_header, with_exif_orientation
+from edge.config import ImagesConfig
+from edge.daemon.budgeted_engine import image_limits
+from edge.errors import ImageTooLargeError, ImageUnreadableError
+from edge.ocr.imageio import decode_bytes, decode_file, probe
 
 LIMITS = image_limits(ImagesConfig())  # the decoder limits of the default config
 

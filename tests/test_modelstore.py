@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from edge.errors import ModelHashError, ModelMissingError
-from edge.modelstore import ModelStore, PackSpec
+from edge.models.store import ModelStore, PackSpec
 
 DET, REC, DICT = b"detector bytes", b"recogniser bytes", "a\nb\nc\n".encode()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edge import payload
-from edge.outbox import Outbox, OutboxLimits
+from edge.delivery import payload
+from edge.delivery.outbox import Outbox, OutboxLimits
 
 
 def test_messages_come_back_in_order_and_leave_only_when_acknowledged(tmp_path):

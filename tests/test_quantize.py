@@ -13,17 +13,23 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge.calibration import render_page
-from edge.config import ImagesConfig, OcrConfig
-from edge.engine import image_limits
-from edge.modelstore import ModelStore
-from edge.ocr.detector import INPUT_QUANTIZATION, input_quantization
-from edge.ocr.factory import assemble, build_pipeline, load_models
-from edge.ocr.session import ModelSession, SessionSettings, resolve_device
-from edge.quantize import (RECIPES, build_fp16, build_int8, folder_set, is_current, rendered_set,
-                           take_quantized_input)
-
 from conftest import decoded
+from edge.config import ImagesConfig, OcrConfig
+from edge.daemon.budgeted_engine import image_limits
+from edge.models.calibration import render_page
+from edge.models.factory import assemble, build_pipeline, load_models
+from edge.models.quantize import (
+    RECIPES,
+    build_fp16,
+    build_int8,
+    folder_set,
+    is_current,
+    rendered_set,
+    take_quantized_input,
+)
+from edge.models.store import ModelStore
+from edge.ocr.detector import INPUT_QUANTIZATION, input_quantization
+from edge.ocr.session import ModelSession, SessionSettings, resolve_device
 
 
 @pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])

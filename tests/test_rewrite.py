@@ -9,12 +9,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge import rewrite
-from edge.calibration import render_page
 from edge.config import OcrConfig
+from edge.models import rewrite
+from edge.models.calibration import render_page
+from edge.models.factory import detector_settings
+from edge.models.quantize import pre_process, prepare_for_int8
 from edge.ocr.detector import Detector
-from edge.ocr.factory import detector_settings
-from edge.quantize import pre_process, prepare_for_int8
 
 
 @pytest.fixture(scope="module", params=("ppocr-v6-small", "ppocr-v6-tiny"))

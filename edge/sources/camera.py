@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 
 from edge.config import CameraSource as CameraConfig
+from edge.delivery.sink import ResultSink
 from edge.errors import CameraError, EdgeError
 from edge.frames import Frame, OcrResult, SourceRef
-from edge.sink import ResultSink
-from edge.workqueue import Job, WorkQueue
+from edge.sources.queue import Job, WorkQueue
 
 log = logging.getLogger(__name__)
 

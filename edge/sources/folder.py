@@ -21,11 +21,11 @@ from typing import Optional
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from edge.delivery.sink import ResultSink
 from edge.errors import EdgeError, SpoolError
 from edge.frames import Frame, OcrResult, SourceRef
-from edge.sink import ResultSink
-from edge.spool import Claim, Spool
-from edge.workqueue import Job, WorkQueue
+from edge.sources.queue import Job, WorkQueue
+from edge.sources.spool import Claim, Spool
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import cv2
 import pytest
 
 from daemon_kit import Broker, Subscriber, wait_for
-from edge.calibration import render_page
 from edge.config import load_config
+from edge.models.calibration import render_page
 
 pytestmark = [
     pytest.mark.boot,

@@ -16,13 +16,13 @@ from typing import Optional, Union
 
 import numpy as np
 
-from edge import allocator, budget
-from edge.budget import MemoryReading, Planner
 from edge.config import ImagesConfig, OcrConfig
+from edge.daemon import allocator, budget
+from edge.daemon.budget import MemoryReading, Planner
 from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult
-from edge.imageio import ImageLimits, decode_bytes, from_pixels
-from edge.ocr.factory import LoadedModels, MemoryCaps, assemble
+from edge.models.factory import LoadedModels, MemoryCaps, assemble
+from edge.ocr.imageio import ImageLimits, decode_bytes, from_pixels
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DaemonEngine:
 
     def warm_up(self) -> None:
         """Read one rendered page, so the first real frame does not pay for lazy set-up."""
-        from edge.calibration import render_page
+        from edge.models.calibration import render_page
 
         page = render_page(0, lines=4).image
         self(DecodedImage(page, page.shape[1], page.shape[0]))

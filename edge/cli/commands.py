@@ -1,4 +1,4 @@
-"""What each `edge-ocr` subcommand does. Errors propagate to `edge.cli`, which reports them."""
+"""What each `edge-ocr` subcommand does. Errors propagate to `edge.cli.main`, which reports them."""
 
 from __future__ import annotations
 
@@ -9,23 +9,23 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.batch import BatchRunner, ImageOutcome, collect_images
+from edge.cli.batch import BatchRunner, ImageOutcome, collect_images
+from edge.cli.output import as_jsonl, as_text, outcome_record
 from edge.config import EdgeConfig, load_config, model_dir, with_overrides
 from edge.errors import ConfigError, ImageError
 from edge.frames import OcrResult
-from edge.modelstore import ModelStore
-from edge.output import as_jsonl, as_text, outcome_record
+from edge.models.store import ModelStore
 
 if TYPE_CHECKING:  # quantizing imports onnx and the quantizer: only that command loads them
-    from edge.quantize import CalibrationSet
+    from edge.models.quantize import CalibrationSet
 
 log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace) -> int:
     """`edge-ocr run`: the daemon, until SIGTERM."""
-    from edge.daemon import build_service
-    from edge.logsetup import configure_logging
+    from edge.daemon.logsetup import configure_logging
+    from edge.daemon.wiring import build_service
 
     config = load_config(args.config)
     if not args.verbose:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
 def doctor(args: argparse.Namespace) -> int:
     """`edge-ocr doctor`: every check, one line each; exit 1 if any failed."""
-    from edge.doctor import Finding, run_checks
+    from edge.cli.doctor import Finding, run_checks
 
     try:
         config = load_config(args.config)
@@ -70,8 +70,8 @@ def ocr(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """`edge-ocr bench PATH...`: per-stage medians, images/s and peak RSS."""
-    from edge.bench import format_report, summarise
-    from edge.calibration import rendered_images
+    from edge.cli.bench import format_report, summarise
+    from edge.models.calibration import rendered_images
 
     config = _engine_config(args)
     files = collect_images(args.paths)
@@ -84,7 +84,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """`edge-ocr eval PATH... --gt DIR`: words P/R/F1 and detection H-mean."""
-    from edge.evaluate import Tally, find_ground_truth, read_ground_truth
+    from edge.cli.evaluate import Tally, find_ground_truth, read_ground_truth
 
     config = _engine_config(args)
     runner = _runner(config)
@@ -142,7 +142,7 @@ def models_list(args: argparse.Namespace) -> int:
 
 def models_quantize(args: argparse.Namespace) -> int:
     """`edge-ocr models quantize [PACK|all] [--calibration DIR]`."""
-    from edge import quantize
+    from edge.models import quantize
 
     config = load_config(args.config)
     store = _store(config)
@@ -168,7 +168,7 @@ def samples(args: argparse.Namespace) -> int:
     """`edge-ocr samples DIR`: rendered pages with known text, to try the engine on."""
     import cv2
 
-    from edge.calibration import render_page
+    from edge.models.calibration import render_page
 
     args.folder.mkdir(parents=True, exist_ok=True)
     for seed in range(args.count):
@@ -189,8 +189,8 @@ def _store(config: EdgeConfig) -> ModelStore:
 
 def _calibration_set(folder: Path | None, config: EdgeConfig) -> CalibrationSet:
     """The user's frames, decoded as the engine decodes them; else rendered pages."""
-    from edge import quantize
-    from edge.engine import image_limits
+    from edge.daemon.budgeted_engine import image_limits
+    from edge.models import quantize
 
     if folder is None:
         return quantize.rendered_set()
@@ -204,8 +204,8 @@ def _packs(store: ModelStore, name: str | None) -> list[str]:
 
 
 def _runner(config: EdgeConfig) -> BatchRunner:
-    from edge.engine import image_limits
-    from edge.ocr.factory import build_pipeline
+    from edge.daemon.budgeted_engine import image_limits
+    from edge.models.factory import build_pipeline
 
     engine = build_pipeline(config.ocr, _store(config))
     log.debug("pack %s, %s variant on %s (%s)", config.ocr.pack, engine.variant.precision,
@@ -242,7 +242,7 @@ def _write(text: str, stream) -> None:
 
 
 def _draw(outcome: ImageOutcome, folder: Path) -> None:
-    from edge.draw import write_drawing
+    from edge.cli.draw import write_drawing
 
     image = outcome.image
     write_drawing(folder, outcome.path.name, image.pixels, outcome.result, image.scale)

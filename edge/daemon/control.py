@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Any, Callable
 
-from edge import payload
+from edge.delivery import payload
+from edge.delivery.mqtt import Command, MqttLink
+from edge.delivery.payload import Envelope
 from edge.errors import CommandError, EdgeError, InternalError
 from edge.frames import Frame, OcrResult, SourceRef
-from edge.mqtt import Command, MqttLink
-from edge.payload import Envelope
-from edge.workqueue import Job, WorkQueue
+from edge.sources.queue import Job, WorkQueue
 
 log = logging.getLogger(__name__)
 

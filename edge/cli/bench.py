@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
-from edge import allocator
-from edge.batch import ImageOutcome
+from edge.cli.batch import ImageOutcome
+from edge.daemon import allocator
 
 STAGES = ("decode", "detect", "classify", "recognize", "total")
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from edge.calibration import IMAGE_SUFFIXES
 from edge.errors import ConfigError, EdgeError, ImageError
 from edge.frames import DecodedImage, OcrResult
-from edge.imageio import ImageLimits, decode_file
+from edge.models.calibration import IMAGE_SUFFIXES
+from edge.ocr.imageio import ImageLimits, decode_file
 
 Pipeline = Callable[[DecodedImage], OcrResult]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge.batch import ImageOutcome
+from edge.cli.batch import ImageOutcome
 
 
 def outcome_record(outcome: ImageOutcome) -> dict[str, Any]:

@@ -15,15 +15,15 @@ from collections import deque
 from dataclasses import asdict, replace
 from typing import Any, Optional, Protocol
 
-from edge import payload
-from edge.engine import DaemonEngine
+from edge.daemon.budgeted_engine import DaemonEngine
+from edge.daemon.notify import Notifier
+from edge.daemon.runtime import RuntimeDir
+from edge.delivery import payload
+from edge.delivery.mqtt import Delivery, MqttLink
+from edge.delivery.outbox import Outbox
+from edge.delivery.payload import Topics
 from edge.errors import EdgeError, InternalError, OutboxError, SpoolError
-from edge.mqtt import Delivery, MqttLink
-from edge.notify import Notifier
-from edge.outbox import Outbox
-from edge.payload import Topics
-from edge.runtime import RuntimeDir
-from edge.workqueue import Job, WorkQueue
+from edge.sources.queue import Job, WorkQueue
 
 log = logging.getLogger(__name__)
 

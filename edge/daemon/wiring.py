@@ -5,25 +5,26 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge import budget, payload
-from edge.budget import MemoryModel, Planner
 from edge.config import EdgeConfig, model_dir, runtime_dir, state_dir
-from edge.control import Commands
-from edge.engine import DaemonEngine
+from edge.daemon import budget
+from edge.daemon.budget import MemoryModel, Planner
+from edge.daemon.budgeted_engine import DaemonEngine
+from edge.daemon.control import Commands
+from edge.daemon.runtime import RuntimeDir
+from edge.daemon.service import Service
+from edge.delivery import payload
+from edge.delivery.mqtt import Delivery, MqttLink
+from edge.delivery.outbox import Outbox, OutboxLimits
+from edge.delivery.payload import Envelope, Topics
+from edge.delivery.sink import ResultSink
 from edge.errors import ConfigError
-from edge.modelstore import ModelStore
-from edge.mqtt import Delivery, MqttLink
-from edge.ocr.factory import load_models
+from edge.models.factory import load_models
+from edge.models.store import ModelStore
 from edge.ocr.session import resolve_device
-from edge.outbox import Outbox, OutboxLimits
-from edge.payload import Envelope, Topics
-from edge.runtime import RuntimeDir
-from edge.service import Service
-from edge.sink import ResultSink
 from edge.sources.camera import CameraSource
 from edge.sources.folder import FolderSource
-from edge.spool import Spool, SpoolSettings
-from edge.workqueue import WorkQueue
+from edge.sources.queue import WorkQueue
+from edge.sources.spool import Spool, SpoolSettings
 
 log = logging.getLogger(__name__)
 

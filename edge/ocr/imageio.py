@@ -33,7 +33,8 @@ class ImageLimits:
 
     `max_pixels` refuses bombs outright; `max_side` is the longest side worth decoding (larger
     JPEGs are decoded at 1/2, 1/4 or 1/8 size, others are resized after decoding). Their defaults
-    are the config's (`edge.engine.image_limits` builds the limits from its images section).
+    are the config's (`edge.daemon.budgeted_engine.image_limits` builds the limits from its
+    images section).
     """
 
     max_bytes: int

@@ -28,7 +28,7 @@ from edge.errors import ConfigError, FetchError, ModelHashError, ModelMissingErr
 
 # In a source checkout the manifest sits in models/; an installed package carries a copy under
 # <prefix>/share/edge-ocr/ (pyproject's data-files).
-_MANIFESTS = (Path(__file__).resolve().parent.parent / "models" / "manifest.yaml",
+_MANIFESTS = (Path(__file__).resolve().parents[2] / "models" / "manifest.yaml",
               Path(sys.prefix) / "share" / "edge-ocr" / "manifest.yaml")
 PRECISIONS = ("fp32", "int8", "fp16")
 

@@ -39,7 +39,7 @@ def preload_tcmalloc() -> None:
         return  # asked for once already, or not installed
     env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC} {preload}".strip())
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "edge.cli", *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, "-m", "edge", *sys.argv[1:]], env)
     except OSError:
         return
 

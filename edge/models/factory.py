@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from edge.config import OcrConfig
-from edge.modelstore import ModelStore, Variant
+from edge.models.store import ModelStore, Variant
 from edge.ocr.charset import restricted_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
 from edge.ocr.detector import Detector, DetectorSettings, input_quantization

@@ -1,9 +1,6 @@
 """RAM budget: a memory model measured on the pack, a plan that fits the budget, an RSS watch.
 
-The model is measured, not guessed: a child process loads the pack exactly as the daemon does,
-then runs the detector and the recogniser at a few sizes and reads its own peak RSS after each
-(Linux resets the peak when "5" is written to /proc/self/clear_refs). It runs in a child so the
-daemon's own peak stays an honest record for anyone reading it from outside. The planner then
+The model is measured, not guessed, by a child process (`edge.daemon.memprobe`). The planner then
 caps the detector's input area, the recogniser's line and batch width and the decode size so
 that the predicted peak fits; the engine plans again when the real peak disagrees.
 """
@@ -16,9 +13,9 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from edge import allocator
+from edge.daemon import allocator
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -156,8 +153,8 @@ def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
             return MemoryModel(**cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
     try:
-        done = subprocess.run([sys.executable, "-m", "edge.budget", ocr_json, str(model_dir)],
-                              capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S)
+        child = [sys.executable, "-m", "edge.daemon.memprobe", ocr_json, str(model_dir)]
+        done = subprocess.run(child, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise ConfigError(f"measuring the pack's memory use took over {MEASURE_TIMEOUT_S} s",
                           "retry on a less busy machine, or set resources.memory_mb: 0") from exc
@@ -174,69 +171,6 @@ def _models_fingerprint(model_dir: Path) -> list[str]:
     """Changes whenever a variant is built again (its variant.json is rewritten)."""
     return sorted(f"{path.relative_to(model_dir)}@{path.stat().st_mtime_ns}"
                   for path in model_dir.glob("*/*/variant.json"))
-
-
-def _measure(ocr_json: str, model_dir: Path) -> MemoryModel:
-    import numpy as np
-
-    import edge.service  # noqa: F401  (everything the daemon imports counts in the base)
-    from edge.calibration import render_page
-    from edge.config import OcrConfig
-    from edge.frames import DecodedImage
-    from edge.modelstore import ModelStore
-    from edge.ocr.factory import MemoryCaps, assemble, load_models
-
-    config = OcrConfig.model_validate_json(ocr_json)
-    models = load_models(config, ModelStore(model_dir))
-    page = render_page(1, lines=8).image
-    detector_at = lambda side: assemble(models, config.model_copy(  # noqa: E731
-        update={"det_limit_side": side})).detector
-    assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
-    base = _settled_rss()
-    det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
-           for side in (256, 384, 512, 640, 800)]
-    # batches of up to four full-width lines, the default batch cap lifted to see the slope
-    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=4 * REC_FULL_WIDTH)).recognizer
-    line = np.full((48, REC_FULL_WIDTH, 3), 255, np.uint8)
-    rec = [(batch * REC_FULL_WIDTH / 1000, _peak_of(lambda: recognizer([line] * batch), base))
-           for batch in (1, 2, 3, 4)]
-    det_fixed, det_slope = _line_fit(det)
-    rec_fixed, rec_slope = _line_fit(rec)
-    return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
-                       round(rec_fixed, 1), round(rec_slope, 2))
-
-
-def _square(image, side: int):
-    import cv2
-    return cv2.resize(image, (side, side))
-
-
-def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float:
-    """Median growth of the peak RSS over `base` while `work` runs (page faults vary)."""
-    peaks = []
-    for _ in range(repeats):
-        _settled_rss()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError as exc:
-            raise SystemExit(f"cannot reset the peak RSS to measure: {exc}") from exc
-        work()
-        peaks.append(max(0.0, read_memory().peak_mb - base))
-    return sorted(peaks)[len(peaks) // 2]
-
-
-def _settled_rss() -> float:
-    allocator.release_free_memory()
-    return read_memory().rss_mb
-
-
-def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares intercept and slope, neither below zero."""
-    import numpy as np
-    xs, ys = np.array(points).T
-    slope, intercept = np.polyfit(xs, ys, 1)
-    slope = max(0.0, float(slope))
-    return max(0.0, float(intercept), float(ys.max() - slope * xs.max())), slope
 
 
 # --- watching ---------------------------------------------------------------------------------
@@ -261,6 +195,3 @@ def read_memory(status: Path = Path("/proc/self/status")) -> MemoryReading:
         pass
     return MemoryReading(round(values["VmRSS"], 1), round(values["VmHWM"], 1))
 
-
-if __name__ == "__main__":
-    print(json.dumps(asdict(_measure(sys.argv[1], Path(sys.argv[2])))))

@@ -49,7 +49,7 @@ def run_checks(config: EdgeConfig) -> Iterator[Finding]:
 
 def check_models(config: EdgeConfig) -> Finding:
     """The configured pack is present and every file matches its pinned sha256."""
-    from edge.modelstore import ModelStore
+    from edge.models.store import ModelStore
 
     store = ModelStore(model_dir(config))
     pack = config.ocr.pack
@@ -155,7 +155,7 @@ def check_broker(config: EdgeConfig, timeout: float = 5.0) -> Finding:
         client.username_pw_set(mqtt.username, read_secret(mqtt.password_file)
                                if mqtt.password_file else None)
     if mqtt.tls is not None:
-        from edge.mqtt import set_tls
+        from edge.delivery.mqtt import set_tls
         set_tls(client, mqtt)
     client.on_connect = connected
     where = f"{mqtt.host}:{mqtt.port}"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from edge import payload
+from edge.delivery import payload
+from edge.delivery.outbox import Outbox
+from edge.delivery.payload import Envelope, Topics
 from edge.errors import EdgeError
 from edge.frames import Frame, OcrResult
-from edge.outbox import Outbox
-from edge.payload import Envelope, Topics
 
 
 class ResultSink:

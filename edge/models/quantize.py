@@ -1,11 +1,11 @@
 """Build the int8 (CPU) and fp16 (GPU) variants of a pulled pack, and measure them against fp32.
 
 int8: the detector gets static QDQ quantization (converted to opset 17 and rewritten by
-`edge.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration), and then
-takes its input already quantized (see `take_quantized_input`). The
-recogniser and classifier stay fp32, and the int8 variant reuses their files: the recogniser
-quantized dynamically measured slower and less accurate, statically 1.5x faster but 3 points of
-words F1 lower (even with its stem, squeeze-excite branches and attention neck left in fp32); the
+`edge.models.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration),
+and then takes its input already quantized (see `take_quantized_input`). The recogniser and
+classifier stay fp32, and the int8 variant reuses their files: the recogniser quantized
+dynamically measured slower and less accurate, statically 1.5x faster but 3 points of words F1
+lower (even with its stem, squeeze-excite branches and attention neck left in fp32); the
 classifier quantized statically measured twice as slow.
 
 fp16: every model converted to float16 with float32 inputs and outputs kept, for CUDA.
@@ -27,15 +27,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper, version_converter
 
-from edge.calibration import folder_images, rendered_images
 from edge.config import OcrConfig
 from edge.frames import DecodedImage
-from edge.imageio import ImageLimits
-from edge.modelstore import ModelStore, Variant, write_variant
+from edge.models.calibration import folder_images, rendered_images
+from edge.models.factory import build_pipeline, detector_settings
+from edge.models.rewrite import rewrite_for_int8
+from edge.models.store import ModelStore, Variant, write_variant
 from edge.ocr.detector import INPUT_QUANTIZATION, Detector
-from edge.ocr.factory import build_pipeline, detector_settings
+from edge.ocr.imageio import ImageLimits
 from edge.ocr.pipeline import OcrPipeline
-from edge.rewrite import rewrite_for_int8
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,13 @@ def prepare_for_int8(source: Path, folder: Path) -> Path:
 
 
 def _quantize_static(source: Path, dest: Path, inputs: list[np.ndarray]) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
 

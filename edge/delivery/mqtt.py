@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import payload
 from edge.config import MqttConfig, read_secret, secret_path
+from edge.delivery import payload
+from edge.delivery.outbox import Outbox
+from edge.delivery.payload import Topics
 from edge.errors import BrokerError
-from edge.outbox import Outbox
-from edge.payload import Topics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._acks: "queue.SimpleQueue[tuple[int, bool, str]]" = queue.SimpleQueue()
         self.connects = 0
+        self.last_error: Optional[str] = None  # why the link is down; None once connected
         self.on_ack: Callable[[], None] = lambda: None
         self._client = self._make_client()
 
@@ -130,6 +132,7 @@ class MqttLink:
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(config.inflight)
         client.on_connect = self._connected_cb
+        client.on_connect_fail = self._connect_failed_cb
         client.on_disconnect = self._disconnected_cb
         client.on_publish = self._published_cb
         client.on_message = self._message_cb
@@ -137,16 +140,42 @@ class MqttLink:
 
     def _connected_cb(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%d refused the connection: %s", self._config.host,
-                      self._config.port, reason_code)
+            self._failed(f"the broker refused the connection: {reason_code}")
             return
         self.connects += 1
-        log.info("connected to %s:%d", self._config.host, self._config.port)
+        if self.last_error is None:
+            log.info("connected to %s:%d", self._config.host, self._config.port)
+        else:
+            log.info("connected to %s:%d; the earlier failure is over (%s)", self._config.host,
+                     self._config.port, self.last_error)
+        self.last_error = None
         client.subscribe(self._topics.commands, qos=1)
         client.publish(self._topics.status, payload.status_body(self._topics.device, "online"),
                        qos=1, retain=True)
         self._connected.set()
         self.on_ack()
+
+    def _connect_failed_cb(self, client, userdata) -> None:
+        # paho calls this inside its `except OSError` around the connect: the error is current
+        self._failed(self._failure_reason(sys.exc_info()[1]))
+
+    def _failed(self, reason: str) -> None:
+        """Keep the reason; log it once per change, not once per retry."""
+        if reason != self.last_error:
+            log.error("cannot connect to %s:%d: %s; retrying with back-off", self._config.host,
+                      self._config.port, reason)
+        self.last_error = reason
+
+    @staticmethod
+    def _failure_reason(exc: Optional[BaseException]) -> str:
+        """A short reason for a connection that could not be opened."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return f"TLS: certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
+        if isinstance(exc, OSError):
+            return exc.strerror or str(exc) or type(exc).__name__
+        return "the connection could not be opened"
 
     def _disconnected_cb(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set():

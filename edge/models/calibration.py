@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.errors import ConfigError, ImageError
 from edge.frames import DecodedImage
-from edge.imageio import ImageLimits, decode_file
+from edge.ocr.imageio import ImageLimits, decode_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

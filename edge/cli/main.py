@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from edge import __version__, allocator
+from edge import __version__
+from edge.daemon import allocator
 from edge.errors import EdgeError
 
 log = logging.getLogger("edge")
@@ -19,7 +20,7 @@ BATCH_COMMANDS = ("ocr", "bench", "eval")
 
 def entry() -> None:
     """The console script. The batch commands run under tcmalloc where it is installed; the
-    daemon keeps glibc's malloc (see `edge.allocator`)."""
+    daemon keeps glibc's malloc (see `edge.daemon.allocator`)."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if command in BATCH_COMMANDS:
         allocator.preload_tcmalloc()
@@ -119,10 +120,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 def _run_command(name: str):
     """Import the command's module only when it runs: `ocr` should not pay for `quantize`."""
     def handler(args: argparse.Namespace) -> int:
-        from edge import commands
+        from edge.cli import commands
         return getattr(commands, name)(args)
     return handler
 
-
-if __name__ == "__main__":
-    entry()

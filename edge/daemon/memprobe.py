@@ -1,0 +1,86 @@
+"""The child process that measures a pack's memory model (`budget.measured_model` runs it).
+
+It loads the pack exactly as the daemon does, with everything the daemon imports (so that counts
+in the base), then runs the detector and the recogniser at a few sizes and reads its own peak RSS
+after each (Linux resets the peak when "5" is written to /proc/self/clear_refs). It runs apart so
+that the daemon's own peak stays an honest record for anyone reading it from outside.
+
+Usage: python -m edge.daemon.memprobe OCR_CONFIG_JSON MODEL_DIR (prints the model as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+import edge.daemon.service  # noqa: F401  (everything the daemon imports counts in the base)
+from edge.config import OcrConfig
+from edge.daemon import allocator
+from edge.daemon.budget import REC_FULL_WIDTH, MemoryModel, read_memory
+from edge.frames import DecodedImage
+from edge.models.calibration import render_page
+from edge.models.factory import MemoryCaps, assemble, load_models
+from edge.models.store import ModelStore
+
+
+def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
+    """Load the pack for these OCR settings and fit its memory model from measured peaks."""
+    config = OcrConfig.model_validate_json(ocr_json)
+    models = load_models(config, ModelStore(model_dir))
+    page = render_page(1, lines=8).image
+    detector_at = lambda side: assemble(models, config.model_copy(  # noqa: E731
+        update={"det_limit_side": side})).detector
+    assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
+    base = _settled_rss()
+    det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
+           for side in (256, 384, 512, 640, 800)]
+    # batches of up to four full-width lines, the default batch cap lifted to see the slope
+    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=4 * REC_FULL_WIDTH)).recognizer
+    line = np.full((48, REC_FULL_WIDTH, 3), 255, np.uint8)
+    rec = [(batch * REC_FULL_WIDTH / 1000, _peak_of(lambda: recognizer([line] * batch), base))
+           for batch in (1, 2, 3, 4)]
+    det_fixed, det_slope = _line_fit(det)
+    rec_fixed, rec_slope = _line_fit(rec)
+    return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
+                       round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _square(image, side: int):
+    return cv2.resize(image, (side, side))
+
+
+def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float:
+    """Median growth of the peak RSS over `base` while `work` runs (page faults vary)."""
+    peaks = []
+    for _ in range(repeats):
+        _settled_rss()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError as exc:
+            raise SystemExit(f"cannot reset the peak RSS to measure: {exc}") from exc
+        work()
+        peaks.append(max(0.0, read_memory().peak_mb - base))
+    return sorted(peaks)[len(peaks) // 2]
+
+
+def _settled_rss() -> float:
+    allocator.release_free_memory()
+    return read_memory().rss_mb
+
+
+def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope, neither below zero."""
+    xs, ys = np.array(points).T
+    slope, intercept = np.polyfit(xs, ys, 1)
+    slope = max(0.0, float(slope))
+    return max(0.0, float(intercept), float(ys.max() - slope * xs.max())), slope
+
+
+if __name__ == "__main__":
+    print(json.dumps(asdict(measure(sys.argv[1], Path(sys.argv[2])))))
