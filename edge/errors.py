@@ -88,6 +88,12 @@ class OutboxError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
+class DiskFullError(OutboxError):
+    """The outbox's file system is full: nothing more can be stored until space returns."""
+
+    code = "disk_full"
+
+
 class DrawingError(EdgeError):
     """An annotated copy (`--draw DIR`) cannot be written."""
 

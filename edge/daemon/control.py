@@ -32,6 +32,10 @@ class CommandOwner:
         self._command = command
         self._envelope = envelope
 
+    def begin(self, frame: Frame) -> Frame:
+        """Nothing to record: the frame is taken as it is."""
+        return frame
+
     def load(self, frame: Frame) -> bytes:
         """The image bytes of the command's payload."""
         return frame.data

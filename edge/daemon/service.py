@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 from typing import Any, Optional, Protocol
 
 from edge.daemon.budgeted_engine import DaemonEngine
+from edge.daemon.intake import Intake
 from edge.daemon.notify import Notifier
 from edge.daemon.runtime import RuntimeDir
 from edge.delivery import payload
@@ -46,7 +47,7 @@ class Service:
 
     def __init__(self, engine: DaemonEngine, queue: WorkQueue, outbox: Outbox, link: MqttLink,
                  delivery: Delivery, sources: list[Source], runtime: RuntimeDir, topics: Topics,
-                 health_interval: float, notifier: Notifier = Notifier()) -> None:
+                 health_interval: float, intake: Intake, notifier: Notifier = Notifier()) -> None:
         self._engine = engine
         self._queue = queue
         self._outbox = outbox
@@ -56,6 +57,7 @@ class Service:
         self._runtime = runtime
         self._topics = topics
         self._health_interval = health_interval
+        self._intake = intake
         self._notifier = notifier
         self._stop = threading.Event()
         self._started = time.monotonic()
@@ -83,8 +85,9 @@ class Service:
         log.info("ready: %s", self.summary())
         next_health = time.monotonic()
         while not self._stop.is_set():
-            job = self._queue.get(timeout=0.5)
-            if job is not None:
+            if not self._intake.is_open():
+                self._stop.wait(0.5)
+            elif (job := self._queue.get(timeout=0.5)) is not None:
                 self._handle(job)
             if time.monotonic() >= next_health:
                 self.publish_health()
@@ -104,11 +107,12 @@ class Service:
         started = time.perf_counter()
         frame = job.frame
         try:
-            if frame.attempt > MAX_ATTEMPTS:
-                raise SpoolError(f"interrupted the daemon {frame.attempt - 1} times; not retried")
+            frame = job.owner.begin(frame)
             raw = job.owner.load(frame)
             if isinstance(raw, bytes):
                 frame = replace(frame, data=raw)
+            if frame.attempt > MAX_ATTEMPTS:
+                raise SpoolError(f"interrupted the daemon {frame.attempt - 1} times; not retried")
             result = self._engine(self._engine.decode(raw))
         except EdgeError as exc:
             self._reject(job, frame, exc)
@@ -125,11 +129,7 @@ class Service:
         try:
             job.owner.deliver(frame, result)
         except OutboxError as exc:  # the disk is full: the file goes back, to be read again later
-            log.error("cannot queue the result of %r: %s", frame.source.item, exc)
-            self.failed += 1
-            abandon = getattr(job.owner, "abandon", None)
-            if abandon is not None:
-                abandon(frame)
+            self._put_back(job, frame, exc)
             return
         except Exception:  # e.g. a reply the broker cannot take: the result itself was fine
             log.exception("delivering the result of %r failed", frame.source.item)
@@ -141,13 +141,27 @@ class Service:
                  len(result.lines), seconds * 1000.0, extra=_fields(frame))
 
     def _reject(self, job: Job, frame, error: EdgeError) -> None:
-        self.failed += 1
-        log.warning("%s %r refused: %s (%s)", frame.source.kind, frame.source.item,
-                    error.message, error.code, extra=_fields(frame, error))
         try:
             job.owner.reject(frame, error)
         except Exception as exc:  # noqa: BLE001  reporting must not take the daemon down
-            log.error("cannot file away %r: %s", frame.source.item, exc)
+            self._put_back(job, frame, exc)
+            return
+        self.failed += 1
+        log.warning("%s %r refused: %s (%s)", frame.source.kind, frame.source.item,
+                    error.message, error.code, extra=_fields(frame, error))
+
+    def _put_back(self, job: Job, frame, exc: BaseException) -> None:
+        """The frame's outcome could not be recorded: it goes back to its source unchanged, and
+        intake pauses until there is room again."""
+        log.debug("cannot record the outcome of %r: %s", frame.source.item, exc)
+        self._intake.pause(exc)
+        abandon = getattr(job.owner, "abandon", None)
+        if abandon is None:
+            return
+        try:
+            abandon(frame)
+        except OSError as back:  # still claimed: the next start takes it again
+            log.error("cannot put %r back: %s", frame.source.item, back)
 
     def publish_health(self) -> None:
         """Publish the retained health message (if connected)."""
@@ -171,6 +185,7 @@ class Service:
             "memory": asdict(self._engine.memory()),
             "latency_ms": _percentiles(self._latencies),
             "mqtt": {"connected": self._link.connected, "reconnects": self._link.reconnects},
+            "intake": self._intake.state(),
             "models": _models(self._engine),
             "sources": {source.name: _source_state(source) for source in self._sources},
         }

@@ -10,6 +10,7 @@ from edge.daemon import budget
 from edge.daemon.budget import MemoryModel, Planner
 from edge.daemon.budgeted_engine import DaemonEngine
 from edge.daemon.control import Commands
+from edge.daemon.intake import Intake
 from edge.daemon.runtime import RuntimeDir
 from edge.daemon.service import Service
 from edge.delivery import payload
@@ -52,7 +53,7 @@ def build_service(config: EdgeConfig) -> Service:
     folders = [_folder(config, state, source, queue, sink) for source in config.sources.folders]
     cameras = [CameraSource(camera, queue, sink) for camera in config.sources.cameras]
     service = Service(engine, queue, outbox, link, delivery, [*folders, *cameras], runtime,
-                      topics, config.health.interval_seconds)
+                      topics, config.health.interval_seconds, Intake(outbox.has_room))
     commands = Commands(link, queue, envelope, status=service.snapshot,
                         rescan=lambda: _rescan_all(folders),
                         retry_failed=lambda: sum(folder.retry_failed() for folder in folders))

@@ -27,7 +27,7 @@ from edge.config import MqttConfig, read_secret, secret_path
 from edge.delivery import payload
 from edge.delivery.outbox import Outbox
 from edge.delivery.payload import Topics
-from edge.errors import BrokerError
+from edge.errors import BrokerError, CommandError, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._acks: "queue.SimpleQueue[tuple[int, bool, str]]" = queue.SimpleQueue()
         self.connects = 0
+        self._stopping = False
         self.last_error: Optional[str] = None  # why the link is down; None once connected
         self.on_ack: Callable[[], None] = lambda: None
         self._client = self._make_client()
@@ -84,10 +85,15 @@ class MqttLink:
 
     def reply(self, command: Command, body: bytes) -> None:
         """Answer a command on its v5 response topic (with its correlation data), else on
-        `replies`."""
+        `replies`. A response topic that is not a valid topic name gets an error reply on
+        `replies` instead."""
         topic = command.response_topic or self._topics.replies
         if any(bad in topic for bad in ("\0", "+", "#")):
-            raise BrokerError(f"refusing to reply on {topic!r}: not a valid topic name")
+            log.warning("command %r asked for a reply on %r, not a valid topic name; answering "
+                        "on %s", command.name, topic, self._topics.replies)
+            error = CommandError(f"response topic {payload.printable(topic)!r} is not a valid "
+                                 "topic name (no wildcards or NUL)")
+            topic, body = self._topics.replies, payload.reply_body(command.name, False, error=error)
         properties = None
         if self._config.protocol == "5" and command.correlation is not None:
             properties = Properties(PacketTypes.PUBLISH)
@@ -105,6 +111,7 @@ class MqttLink:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Publish `stopped` (retained), wait briefly for it, and disconnect."""
+        self._stopping = True
         if self.connected:
             info = self._client.publish(self._topics.status,
                                         payload.status_body(self._topics.device, "stopped"),
@@ -178,7 +185,9 @@ class MqttLink:
         return "the connection could not be opened"
 
     def _disconnected_cb(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected.is_set():
+        if self._stopping:
+            log.info("disconnected (shutdown)")
+        elif self._connected.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
         self._connected.clear()
 
@@ -218,6 +227,8 @@ class Delivery:
         self._link = link
         self._window = window
         self._inflight: dict[int, int] = {}  # MQTT message id -> outbox seq
+        self._settled: dict[int, tuple[bool, str]] = {}  # acknowledged, not yet deleted
+        self._delete_failure: Optional[str] = None
         self._last_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -241,7 +252,7 @@ class Delivery:
         """Wait until the outbox is empty (True) or `timeout` seconds passed (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._inflight and self._outbox.stats().depth == 0:
+            if not self._inflight and not self._settled and self._outbox.stats().depth == 0:
                 return True
             self._wake.set()
             time.sleep(0.05)
@@ -265,14 +276,33 @@ class Delivery:
                 self._stop.wait(1.0)
 
     def _settle_acks(self) -> None:
+        """Delete what the broker answered; a delete that fails is kept and tried again on the
+        next step (it is never sent again meanwhile)."""
         for mid, accepted, reason in self._link.acknowledgements():
             seq = self._inflight.pop(mid, None)
-            if seq is None:
+            if seq is not None:
+                self._settled[seq] = (accepted, reason)
+        failure = None
+        for seq, (accepted, reason) in sorted(self._settled.items()):
+            try:
+                if accepted:
+                    self._outbox.acknowledge(seq)
+                else:
+                    self._outbox.reject(seq, reason)
+            except OutboxError as exc:
+                failure = exc.message
                 continue
-            if accepted:
-                self._outbox.acknowledge(seq)
-            else:
-                self._outbox.reject(seq, reason)
+            del self._settled[seq]
+        self._report_deletes(failure)
+
+    def _report_deletes(self, failure: Optional[str]) -> None:
+        """Log when deleting acknowledged messages starts failing and when it works again."""
+        if failure is not None and self._delete_failure is None:
+            log.error("cannot delete %d acknowledged messages from the outbox (%s); retrying",
+                      len(self._settled), failure)
+        elif failure is None and self._delete_failure is not None:
+            log.info("acknowledged messages deleted from the outbox again")
+        self._delete_failure = failure
 
     def _send_more(self) -> None:
         free = self._window - len(self._inflight)

@@ -65,6 +65,21 @@ def probe(data: bytes) -> ImageHeader:
     raise ImageUnreadableError("not a supported image (JPEG, PNG, BMP, WebP or TIFF)")
 
 
+def looks_complete(head: bytes, tail: bytes, size: int) -> bool:
+    """Whether a file whose first and last bytes are `head` and `tail` (of `size` bytes in all)
+    holds a whole image: a JPEG ends with its EOI marker, a PNG with its IEND chunk, a BMP and
+    a WebP are as long as their headers say. Other formats cannot tell and count as whole."""
+    if head.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in tail
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"IEND" in tail
+    if head.startswith(b"BM") and len(head) >= 6:
+        return size >= struct.unpack("<I", head[2:6])[0]
+    if head.startswith(b"RIFF") and len(head) >= 12 and head[8:12] == b"WEBP":
+        return size >= struct.unpack("<I", head[4:8])[0] + 8
+    return True
+
+
 def decode_file(path: Path, limits: ImageLimits) -> DecodedImage:
     """Read and decode an image file within `limits`."""
     try:

@@ -103,6 +103,10 @@ class CameraSource:
 
     # --- FrameOwner -------------------------------------------------------------------------
 
+    def begin(self, frame: Frame) -> Frame:
+        """Nothing to record: the frame is taken as it is."""
+        return frame
+
     def load(self, frame: Frame) -> np.ndarray:
         """The frame's pixels."""
         return frame.pixels

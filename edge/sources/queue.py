@@ -21,6 +21,9 @@ from edge.frames import Frame, OcrResult
 class FrameOwner(Protocol):
     """What the worker needs from whoever produced a frame."""
 
+    def begin(self, frame: Frame) -> Frame:
+        """The worker starts on the frame; returns it as its owner now knows it."""
+
     def load(self, frame: Frame) -> Union[bytes, np.ndarray]:
         """The frame's encoded bytes or pixels (may raise an EdgeError)."""
 
