@@ -132,10 +132,19 @@ class SpoolConfig(_Section):
 class ResourcesConfig(_Section):
     """RAM budget and the frame queue."""
 
-    memory_mb: int = Field(
-        0, ge=0, le=65536, description="peak RSS the daemon stays inside; the planner picks decode "
-                                       "reduction, detector side and batch to fit; 0 = no budget")
+    memory_mb: Union[Literal["auto"], int] = Field(
+        "auto", description="peak RSS the daemon stays inside (MB); the planner picks decode "
+                            "reduction, detector side and batch to fit; 0 = no budget; auto = no "
+                            "planner, but no image is decoded larger than half of this box's "
+                            "memory (or its cgroup limit) allows")
     queue_size: int = Field(4, ge=1, le=1000, description="frames waiting for the worker")
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _budget_in_range(cls, value: Union[str, int]) -> Union[str, int]:
+        if value != "auto" and not 0 <= value <= 65536:
+            raise ValueError("should be auto, or a number of MB from 0 (no budget) to 65536")
+        return value
 
 
 class TlsConfig(_Section):

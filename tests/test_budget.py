@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from edge.config import ImagesConfig, OcrConfig
+from conftest import png_header
 from edge.daemon.budget import (
     DET_MIN_PIXELS,
     HEADROOM,
     REC_MIN_WIDTH,
+    BoxMemory,
     MemoryModel,
     Planner,
+    box_memory,
     measured_model,
     read_memory,
     step_down,
@@ -100,3 +103,44 @@ def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files
     assert model.rec_mb_per_kcol > 5 and model.det_mb_per_mpx > 10
     assert measured_model(settings, store.root, cache) == model
     assert json.loads(cache.read_text())["key"]["models"]  # variant files are part of the key
+
+
+# --- memory_mb: auto ---------------------------------------------------------------------------
+
+def write_box(root, total_kb: int, cgroup: str = "", limits: dict | None = None):
+    """A /proc and /sys/fs/cgroup of a box with `total_kb` of memory, as real files."""
+    proc, cgroups = root / "proc", root / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal:       {total_kb} kB\nMemFree:  1000 kB\n")
+    (proc / "self" / "cgroup").write_text(f"0::/{cgroup}\n")
+    for folder, value in (limits or {}).items():
+        (cgroups / folder).mkdir(parents=True, exist_ok=True)
+        (cgroups / folder / "memory.max").write_text(value + "\n")
+    cgroups.mkdir(exist_ok=True)
+    return proc, cgroups
+
+
+def test_auto_takes_half_of_the_box_or_of_the_tightest_cgroup_limit(tmp_path):
+    pi = write_box(tmp_path / "pi", 1024 * 1024, "system.slice/edge-ocr.service",
+                   {"system.slice/edge-ocr.service": "max", "system.slice": "max"})
+    assert box_memory(*pi) == BoxMemory(512, "half of MemTotal 1024 MB")
+    capped = write_box(tmp_path / "capped", 4 * 1024 * 1024, "system.slice/edge-ocr.service",
+                       {"system.slice/edge-ocr.service": str(300 * 2**20),
+                        "system.slice": str(1024 * 2**20)})
+    assert box_memory(*capped) == BoxMemory(150, "half of the cgroup's memory.max 300 MB")
+
+
+def test_auto_refuses_an_image_whose_decode_would_take_the_box_down(store):
+    config = OcrConfig(pack="ppocr-v6-tiny", precision="int8")
+    models = load_models(config, store)
+    box = BoxMemory(read_memory().rss_mb + 300, "half of a 1 GB box")  # 300 MB to spare
+    engine = DaemonEngine(models, config, ImagesConfig(), box=box)
+    assert engine.guard.startswith("auto: images decoded up to 4") and "half of a 1 GB box" \
+        in engine.guard
+    with pytest.raises(ImageTooLargeError):
+        engine.decode(png_header(9000, 9000) + bytes(64))  # 81 MP, refused before any pixel
+    page = render_page(3, lines=3)
+    small = cv2.imencode(".png", page.image)[1].tobytes()
+    assert engine.decode(small).pixels.shape == page.image.shape
+    unguarded = DaemonEngine(models, config, ImagesConfig())
+    assert unguarded.guard is None and unguarded.memory().plan is None

@@ -218,7 +218,8 @@ def test_check_config_gives_the_allowed_range(tmp_path):
     path.write_text("resources:\n  memory_mb: -5\nsources:\n  cameras:\n    - name: a/b\n      url: 0\n")
     done = run_cli("check-config", str(path))
     assert done.returncode == 78
-    assert "resources.memory_mb: Input should be greater than or equal to 0" in done.stderr
+    assert "resources.memory_mb: Value error, should be auto, or a number of MB from 0 (no " \
+        "budget) to 65536" in done.stderr
     assert "sources.cameras.0.name" in done.stderr
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import jsonschema
 import pytest
 
 from daemon_kit import Daemon, Subscriber, wait_for
@@ -22,6 +23,8 @@ from edge.models.calibration import render_page
 from edge.sources import folder  # noqa: F401  (installs the filter on watchdog's logger)
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
+HEALTH_SCHEMA = json.loads((SCHEMAS / "health.schema.json").read_text())
 
 
 def jpeg(seed: int) -> bytes:
@@ -130,6 +133,7 @@ def test_a_full_state_disk_pauses_intake_without_a_hot_loop_and_resumes_by_itsel
     wait_for(lambda: health(subscriber).get("intake", {}).get("state") == "paused", 60,
              "health to say intake is paused")
     assert health(subscriber)["intake"]["reason"] == "disk_full"
+    jsonschema.validate(health(subscriber), HEALTH_SCHEMA)
     cpu_before = cpu_seconds(daemon.process.pid)
     time.sleep(10)
     assert cpu_seconds(daemon.process.pid) - cpu_before < 2.5, "the daemon spins on a full disk"
@@ -233,6 +237,8 @@ def test_shutdown_is_logged_as_such_and_a_wildcard_response_topic_gets_an_error_
     subscriber.publish("edge-ocr/test-box/cmd/status", b"", response_topic="replies/#",
                        correlation=b"wild")
     reply = wait_for(lambda: subscriber.on("replies"), 10, "an error reply on replies")[0]
+    plan = wait_for(lambda: health(subscriber), 10, "health")["memory"]["plan"]
+    assert plan.startswith("auto: images decoded up to "), plan  # the default guards the box
     assert reply.json()["ok"] is False and reply.correlation == b"wild"
     assert "response topic" in reply.json()["error"]["message"]
     assert daemon.terminate()[0] == 0
@@ -247,3 +253,20 @@ def test_watchdogs_stop_race_line_is_not_passed_on(caplog):
             "InotifyEmitter.queue_events() called when the thread is inactive")
         logging.getLogger("watchdog.observers.inotify").error("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_the_readmes_command_line_request_gets_its_reply(tmp_path, broker, daemons):
+    subscriber = Subscriber(broker.port)
+    daemon = daemons(broker.port)
+    daemon.wait_ready(subscriber)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(150))
+    port = str(broker.port)
+    waiting = subprocess.Popen(["mosquitto_sub", "-p", port, "-t", "replies/me", "-C", "1",
+                                "-V", "5", "-W", "60"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1)  # subscribed before the request goes out
+    subprocess.run(["mosquitto_pub", "-p", port, "-t", "edge-ocr/test-box/cmd/ocr", "-f",
+                    str(photo), "-V", "5", "-D", "publish", "response-topic", "replies/me"],
+                   check=True, timeout=10)
+    reply = json.loads(waiting.communicate(timeout=70)[0])
+    assert reply["ok"] is True and reply["result"]["lines"], reply

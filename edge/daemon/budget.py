@@ -141,6 +141,57 @@ def _image_mb(side: int) -> float:
     return side * side * 3 / _MB
 
 
+# --- without a budget: a share of the box --------------------------------------------------
+
+AUTO_SHARE = 0.5  # of MemTotal (or of the cgroup's limit) that one image may take decoded
+
+
+@dataclass(frozen=True)
+class BoxMemory:
+    """What `memory_mb: auto` guards: MB of memory one image's decode may not push past, and
+    where that figure came from."""
+
+    limit_mb: int
+    source: str
+
+
+def box_memory(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> BoxMemory:
+    """Half of MemTotal, or half of the tightest memory.max of this process's cgroup v2 and
+    its parents when that is lower."""
+    total = _meminfo_mb(proc / "meminfo")
+    limit, source = total, f"MemTotal {total} MB"
+    for folder in _own_cgroups(proc / "self" / "cgroup", cgroups):
+        cap = _cgroup_max_mb(folder / "memory.max")
+        if cap is not None and cap < limit:
+            limit, source = cap, f"the cgroup's memory.max {cap} MB"
+    return BoxMemory(int(limit * AUTO_SHARE), f"half of {source}")
+
+
+def _meminfo_mb(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise ConfigError(f"{path} gives no MemTotal", "set resources.memory_mb to a number")
+
+
+def _own_cgroups(own: Path, root: Path) -> list[Path]:
+    """This process's cgroup v2 folder and every parent up to the root."""
+    try:
+        line = next(entry for entry in own.read_text().splitlines() if entry.startswith("0::"))
+    except (OSError, StopIteration):
+        return []
+    folder = root / line[3:].strip().lstrip("/")
+    return [folder, *[p for p in folder.parents if p.is_relative_to(root)]]
+
+
+def _cgroup_max_mb(path: Path) -> Optional[int]:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) // _MB if text.isdigit() else None
+
+
 # --- measuring (in a child process) ---------------------------------------------------------
 
 def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.config import ImagesConfig, OcrConfig
 from edge.daemon import allocator, budget
-from edge.daemon.budget import MemoryReading, Planner
+from edge.daemon.budget import BoxMemory, MemoryReading, Planner
 from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult
 from edge.models.factory import LoadedModels, MemoryCaps, assemble
@@ -45,7 +45,7 @@ class DaemonEngine:
     """Decode and read one frame at a time within the plan; watch RSS after each."""
 
     def __init__(self, models: LoadedModels, ocr: OcrConfig, images: ImagesConfig,
-                 planner: Optional[Planner] = None) -> None:
+                 planner: Optional[Planner] = None, box: Optional[BoxMemory] = None) -> None:
         self.models = models
         self._ocr = ocr
         self._images = images
@@ -54,6 +54,11 @@ class DaemonEngine:
         self.degraded = False
         self._peak_acted_on = 0.0
         self._unexplained_mb = 0.0
+        self._guard, self._guard_pixels = None, 0
+        if planner is None and box is not None:
+            self._guard_pixels = _decode_pixels(box.limit_mb - budget.read_memory().rss_mb)
+            self._guard = (f"auto: images decoded up to {self._guard_pixels / 1e6:.0f} MP "
+                           f"({box.limit_mb} MB, {box.source})")
         self._apply()
 
     def decode(self, raw: Union[bytes, np.ndarray]) -> DecodedImage:
@@ -71,8 +76,7 @@ class DaemonEngine:
         if not isinstance(raw, np.ndarray):
             # the decode's cost is measured, not modelled: it needs less headroom
             room_mb = self.plan.budget_mb * budget.DEGRADE_AT - rss_mb - len(raw) / _MB
-            limits = replace(limits, max_decode_pixels=max(
-                1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL)))
+            limits = replace(limits, max_decode_pixels=_decode_pixels(room_mb))
         image = _decode(raw, limits)
         # the decoder's scratch (a JPEG decoded at a reduced scale, then resized) would otherwise
         # stay resident under the stages' own peak: measured +15 MB on an A4 scan, for a trim
@@ -111,9 +115,14 @@ class DaemonEngine:
     def memory(self) -> MemoryStatus:
         """RSS, peak and the plan, for health."""
         reading = budget.read_memory()
+        plan = self.plan.describe() if self.plan else self._guard
         return MemoryStatus(reading.rss_mb, reading.peak_mb,
-                            self.plan.budget_mb if self.plan else 0, self.degraded,
-                            self.plan.describe() if self.plan else None)
+                            self.plan.budget_mb if self.plan else 0, self.degraded, plan)
+
+    @property
+    def guard(self) -> Optional[str]:
+        """Without a budget, what `memory_mb: auto` holds the decode to, in words."""
+        return self._guard
 
     def _fit_to_rest(self, rss_mb: float) -> None:
         """Plan again before the frame if the process at rest holds more than the model's base."""
@@ -152,6 +161,8 @@ class DaemonEngine:
             plan = self.plan
             caps = MemoryCaps(plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns)
             limits = replace(limits, max_side=min(limits.max_side, plan.image_max_side))
+        elif self._guard is not None:
+            limits = replace(limits, max_decode_pixels=self._guard_pixels)
         self._limits = limits
         self._pipeline = assemble(self.models, self._ocr, caps)
 
@@ -160,6 +171,11 @@ def image_limits(images: ImagesConfig) -> ImageLimits:
     """Decoder limits from the config's images section."""
     return ImageLimits(max_bytes=int(images.max_file_mb * 1024 * 1024),
                        max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side)
+
+
+def _decode_pixels(room_mb: float) -> int:
+    """The most pixels a decode can fill in `room_mb` of memory."""
+    return max(1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL))
 
 
 def _decode(raw: Union[bytes, np.ndarray], limits: ImageLimits) -> DecodedImage:

@@ -100,6 +100,8 @@ class Service:
     def summary(self) -> str:
         """One line for `systemctl status`: frames, failures, outbox depth, broker state."""
         broker = "connected" if self._link.connected else "disconnected"
+        if not self._link.connected and self._link.last_error:
+            broker += f" ({self._link.last_error})"
         return (f"{self.processed} frames, {self.failed} failed, outbox "
                 f"{self._outbox.stats().depth}, broker {broker}")
 
@@ -184,7 +186,8 @@ class Service:
             "outbox": {**asdict(outbox), "inflight": self._delivery.inflight},
             "memory": asdict(self._engine.memory()),
             "latency_ms": _percentiles(self._latencies),
-            "mqtt": {"connected": self._link.connected, "reconnects": self._link.reconnects},
+            "mqtt": {"connected": self._link.connected, "reconnects": self._link.reconnects,
+                     "last_error": self._link.last_error},
             "intake": self._intake.state(),
             "models": _models(self._engine),
             "sources": {source.name: _source_state(source) for source in self._sources},

@@ -67,6 +67,11 @@ def _rescan_all(folders: list[FolderSource]) -> None:
 
 def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:
     store = ModelStore(model_dir(config))
+    if config.resources.memory_mb == "auto":
+        engine = DaemonEngine(load_models(config.ocr, store), config.ocr, config.images,
+                              box=budget.box_memory())
+        log.info("no RAM budget set (resources.memory_mb: auto): %s", engine.guard)
+        return engine
     if not config.resources.memory_mb:
         return DaemonEngine(load_models(config.ocr, store), config.ocr, config.images)
     # measured before this process loads the models: both copies would count in a cgroup limit

@@ -54,6 +54,7 @@ class MqttLink:
         self._acks: "queue.SimpleQueue[tuple[int, bool, str]]" = queue.SimpleQueue()
         self.connects = 0
         self._stopping = False
+        self._refused = False  # the broker's CONNACK refused us; its close is no news
         self.last_error: Optional[str] = None  # why the link is down; None once connected
         self.on_ack: Callable[[], None] = lambda: None
         self._client = self._make_client()
@@ -148,6 +149,7 @@ class MqttLink:
     def _connected_cb(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._failed(f"the broker refused the connection: {reason_code}")
+            self._refused = True
             return
         self.connects += 1
         if self.last_error is None:
@@ -189,6 +191,11 @@ class MqttLink:
             log.info("disconnected (shutdown)")
         elif self._connected.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+        elif self._refused:  # the close that follows a refusing CONNACK: already reported
+            self._refused = False
+        else:  # e.g. TLS 1.3: a missing client certificate is refused after the handshake
+            self._failed(f"the broker closed the connection before answering ({reason_code}); "
+                         "with TLS, check mqtt.tls.cert_file and key_file")
         self._connected.clear()
 
     def _published_cb(self, client, userdata, mid, reason_code, properties) -> None:
