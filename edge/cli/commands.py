@@ -161,7 +161,30 @@ def models_quantize(args: argparse.Namespace) -> int:
             else:
                 variant = quantize.build_fp16(store, pack, calibration.check)
             print(f"{pack} {precision}: {_describe_variant(variant.info)}")
+        if not args.no_measure:
+            _measure(store, pack, config, again=not args.if_missing)
     return 0
+
+
+def models_measure(args: argparse.Namespace) -> int:
+    """`edge-ocr models measure [PACK|all]`: time the CPU variants here, record the choice."""
+    config = load_config(args.config)
+    store = _store(config)
+    for pack in _packs(store, args.pack):
+        _measure(store, pack, config, again=True)
+    return 0
+
+
+def _measure(store: ModelStore, pack: str, config: EdgeConfig, again: bool) -> None:
+    """Time the pack's CPU variants unless (`again` false) a measurement here still counts."""
+    from edge.models import measure
+    from edge.models.choice import explain
+
+    if not again and measure.is_measured(store, pack):
+        print(f"{pack} measurement: present")
+        return
+    measured = measure.measure(store, pack, config.ocr)
+    print(f"{pack} measured: precision auto runs {measured.record['choice']}; {explain(measured)}")
 
 
 def samples(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ releases each camera.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import threading
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Callable, Iterator
 
 from edge.config import EdgeConfig, model_dir, read_secret, state_dir
 from edge.errors import EdgeError
+from edge.models.cpu import CpuInfo, cpu_info
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Finding:
 def run_checks(config: EdgeConfig) -> Iterator[Finding]:
     """Every check, in the order a person would fix them."""
     checks: list[Callable[[EdgeConfig], Finding | list[Finding]]] = [
-        check_models, check_cpu, check_memory_controller, check_spool, check_disk,
+        check_models, check_cpu, check_precision, check_memory_controller, check_spool, check_disk,
         check_broker, check_cameras]
     for check in checks:
         try:
@@ -64,24 +64,51 @@ def check_models(config: EdgeConfig) -> Finding:
     return Finding("ok", "models", f"{pack} verified; variants {', '.join(sorted(variants))}")
 
 
-def check_cpu(config: EdgeConfig, cpuinfo: Path = Path("/proc/cpuinfo")) -> Finding:
-    """The CPU features that make the int8 path fast: AVX2/VNNI on x86, NEON/dot product on arm."""
-    flags = _cpu_flags(cpuinfo)
-    machine = platform.machine()
-    if machine in ("x86_64", "AMD64"):
-        vnni = {"avx512_vnni", "avx_vnni"} & flags
-        if vnni:
-            return Finding("ok", "cpu", f"{machine} with {', '.join(sorted(vnni))}: int8 is fastest")
-        if "avx2" in flags:
-            return Finding("ok", "cpu", f"{machine} with AVX2, no VNNI: int8 helps less")
-        return Finding("warn", "cpu", f"{machine} without AVX2: int8 may be slower than fp32",
-                       "measure with `edge-ocr bench --precision fp32` and set ocr.precision")
-    if machine in ("aarch64", "arm64"):
-        if "asimddp" in flags:
-            return Finding("ok", "cpu", f"{machine} with NEON and dot product: int8 is fastest")
-        return Finding("warn", "cpu", f"{machine} without the dot-product extension",
-                       "measure with `edge-ocr bench --precision fp32` and set ocr.precision")
-    return Finding("warn", "cpu", f"{machine}: not a tested architecture", "")
+def check_cpu(config: EdgeConfig, cpu: CpuInfo | None = None) -> Finding:
+    """The CPU features that make the int8 path fast: AVX2/VNNI on x86; NEON, dot product
+    (asimddp) and int8 matrix multiply (i8mm) on arm64."""
+    cpu = cpu or cpu_info()
+    seen = f"{cpu.arch}, {cpu.cores} cores: {cpu.described()}"
+    if cpu.is_arm64:
+        if not cpu.has("asimd"):
+            return Finding("fail", "cpu", f"{seen}; no NEON", "ONNX Runtime needs NEON on arm64")
+        if cpu.has("asimddp"):
+            return Finding("ok", "cpu", f"{seen}: int8 runs on the dot-product instructions")
+        return Finding("warn", "cpu", f"{seen}: no dot product, int8 may gain little",
+                       f"edge-ocr models measure {config.ocr.pack} (precision auto then "
+                       "runs the faster variant)")
+    if cpu.arch in ("x86_64", "AMD64"):
+        if cpu.has("avx512_vnni") or cpu.has("avx_vnni"):
+            return Finding("ok", "cpu", f"{seen}: int8 is fastest")
+        if cpu.has("avx2"):
+            return Finding("ok", "cpu", f"{seen}: no VNNI, int8 helps less")
+        return Finding("warn", "cpu", f"{seen}: without AVX2 int8 may be slower than fp32",
+                       f"edge-ocr models measure {config.ocr.pack}")
+    return Finding("warn", "cpu", f"{cpu.arch}: not a tested architecture", "")
+
+
+def check_precision(config: EdgeConfig) -> Finding:
+    """Which variant the engine will load, and the measurement that chose it."""
+    from edge.models.choice import explain, read_measurement
+    from edge.models.store import ModelStore
+    from edge.ocr.session import resolve_device
+
+    store = ModelStore(model_dir(config))
+    ocr = config.ocr
+    if not store.variants(ocr.pack):
+        return Finding("warn", "precision", f"{ocr.pack} is not pulled", "see the models line")
+    device = resolve_device(ocr.device)
+    if ocr.precision != "auto":
+        chosen = store.choose(ocr.pack, ocr.precision, device).precision
+        return Finding("ok", "precision", f"{ocr.pack} {chosen} on {device} (set in the config)")
+    chosen, why = store.auto_precision(ocr.pack, device)
+    seen = f"{ocr.pack} {chosen} on {device}, auto: {why}"
+    measurement = read_measurement(store.pack_dir(ocr.pack))
+    if why.startswith("measured"):
+        return Finding("ok", "precision", f"{seen}; {explain(measurement)}")
+    if device == "cuda":
+        return Finding("ok", "precision", seen)
+    return Finding("warn", "precision", seen, f"edge-ocr models measure {ocr.pack}")
 
 
 def check_memory_controller(config: EdgeConfig,
@@ -191,15 +218,3 @@ def check_cameras(config: EdgeConfig) -> list[Finding]:
                                                       "opened but delivered no frame"),
                                 "check the device, its permissions (group video) or the URL"))
     return findings
-
-
-def _cpu_flags(cpuinfo: Path) -> set[str]:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("flags", "features"):
-            return set(line.split(":", 1)[1].split())
-    return set()

@@ -104,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--if-missing", action="store_true",
                           help="build only the variants that do not exist yet, or that an "
                                "older version built differently")
+    quantize.add_argument("--no-measure", action="store_true",
+                          help="do not time the variants on this machine afterwards")
     quantize.set_defaults(handler=_run_command("models_quantize"))
+    measure = actions.add_parser("measure", help="time the CPU variants here; precision auto "
+                                                 "then runs the fastest that agrees with fp32")
+    measure.add_argument("pack", nargs="?", help="pack name, or 'all' (default: the default pack)")
+    measure.set_defaults(handler=_run_command("models_measure"))
     return parser
 
 

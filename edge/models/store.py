@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from edge.errors import ConfigError, FetchError, ModelHashError, ModelMissingError
+from edge.models.choice import applies, pick, read_measurement, this_machine
 
 # In a source checkout the manifest sits in models/; an installed package carries a copy under
 # <prefix>/share/edge-ocr/ (pyproject's data-files).
@@ -121,12 +122,26 @@ class ModelStore:
                                 f"run 'edge-ocr models quantize {pack}'")
 
     def choose(self, pack: str, precision: str, device: str) -> Variant:
-        """Resolve precision 'auto': int8 on CPU, fp16 on CUDA, fp32 when those are absent."""
+        """Resolve precision 'auto' (see `auto_precision`); others are taken as they are."""
         if precision != "auto":
             return self.variant(pack, precision)
-        preferred = "fp16" if device == "cuda" else "int8"
+        chosen, _ = self.auto_precision(pack, device)
+        return self.variants(pack).get(chosen) or self.variant(pack, "fp32")
+
+    def auto_precision(self, pack: str, device: str) -> tuple[str, str]:
+        """What 'auto' runs, and why: fp16 on CUDA; on CPU the variant this machine's recorded
+        measurement picks (`edge.models.choice`), else int8; fp32 when the others are absent."""
         found = self.variants(pack)
-        return found.get(preferred) or self.variant(pack, "fp32")
+        if device == "cuda":
+            return ("fp16", "on CUDA") if "fp16" in found else ("fp32", "no fp16 variant")
+        measurement = read_measurement(self.pack_dir(pack))
+        why_not = "not measured on this machine"
+        if measurement is not None:
+            recipes = {name: v.info.get("recipe", 1) for name, v in found.items()}
+            why_not = applies(measurement, recipes, this_machine())
+            if not why_not:
+                return pick(measurement, set(found)), "measured on this machine"
+        return ("int8" if "int8" in found else "fp32"), f"default ({why_not})"
 
     def verify(self, pack: str) -> list[str]:
         """Check the pulled fp32 files against the manifest; returns the problems found."""
