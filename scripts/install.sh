@@ -87,7 +87,7 @@ install_unit() {
     "from pathlib import Path; from edge.config import load_config; \
 print(load_config(Path('$ETC/edge-ocr.yaml')).resources.memory_mb)")
   rm -f "$DROPIN/memory.conf"  # other drop-ins (systemctl edit) are the admin's
-  if [[ $memory -gt 0 ]]; then
+  if [[ $memory =~ ^[0-9]+$ && $memory -gt 0 ]]; then  # "auto": no budget, no cgroup limits
     install -d -m 0755 "$DROPIN"
     # The daemon keeps itself inside memory_mb; the cgroup limits are the backstop above it.
     printf '[Service]\nMemoryHigh=%dM\nMemoryMax=%dM\n' $((memory * 110 / 100)) $((memory * 130 / 100)) \
