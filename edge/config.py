@@ -192,6 +192,43 @@ class HealthConfig(_Section):
     interval_seconds: float = Field(30.0, ge=1, le=3600, description="how often it is published")
 
 
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery: this box as one device with its sensors and buttons."""
+
+    discovery: bool = Field(
+        False, description="publish retained discovery configs; once turned off, the configs "
+                           "published before are cleared at the next start")
+    prefix: str = Field(
+        "homeassistant", pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$",
+        description="Home Assistant's discovery prefix (1-4 topic levels); its birth message "
+                    "comes on <prefix>/status")
+
+
+class HttpConfig(_Section):
+    """The local status page: read-only, off unless `listen` is set."""
+
+    listen: Optional[str] = Field(
+        None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="host:port to serve it on, e.g. 127.0.0.1:8080 (this box only); null = off")
+    recent: int = Field(5, ge=1, le=50, description="last results shown, each with its image")
+    image_side: int = Field(640, ge=160, le=2048,
+                            description="longest side of the copy kept of each shown image, px")
+    refresh_seconds: int = Field(10, ge=0, le=3600,
+                                 description="the page reloads itself this often; 0 = never")
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError("the port should be 1-65535")
+        return value
+
+    def address(self) -> tuple[str, int]:
+        """`listen` as (host, port); brackets around an IPv6 address removed."""
+        host, port = self.listen.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+
 Level = Literal["debug", "info", "warning", "error"]
 
 
@@ -226,6 +263,8 @@ class EdgeConfig(_Section):
     outbox: OutboxConfig = OutboxConfig()
     spool: SpoolConfig = SpoolConfig()
     health: HealthConfig = HealthConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     paths: PathsConfig = PathsConfig()
     models: ModelsConfig = ModelsConfig()

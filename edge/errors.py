@@ -108,6 +108,20 @@ class BrokerError(EdgeError):
     exit_code = 78
 
 
+class BrokerUnreachableError(EdgeError):
+    """The broker cannot be reached or refused the connection (`edge-ocr status`)."""
+
+    code = "broker_unreachable"
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class PeerError(EdgeError):
+    """The benchmark's peer cannot be installed or failed while reading."""
+
+    code = "peer_failed"
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class SpoolError(EdgeError):
     """A spool file is refused before decoding: a link, a FIFO, a device, too big, gone."""
 

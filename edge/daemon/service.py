@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, replace
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 from edge.daemon.budgeted_engine import DaemonEngine
 from edge.daemon.intake import Intake
@@ -24,6 +24,7 @@ from edge.delivery.mqtt import Delivery, MqttLink
 from edge.delivery.outbox import Outbox
 from edge.delivery.payload import Topics
 from edge.errors import EdgeError, InternalError, OutboxError, SpoolError
+from edge.frames import DecodedImage, Frame, OcrResult
 from edge.sources.queue import Job, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,38 @@ class Source(Protocol):
     def stop(self) -> None: ...
 
 
+class Extra(Protocol):
+    """Something that runs beside the worker (the status page, discovery): started after the
+    broker link, stopped last."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Watcher(Protocol):
+    """Told of each frame's outcome on the worker thread; must return quickly."""
+
+    def result(self, frame: Frame, image: DecodedImage, result: OcrResult) -> None: ...
+
+    def error(self, frame: Frame, error: EdgeError) -> None: ...
+
+
+class _NoWatcher:
+    def result(self, frame: Frame, image: DecodedImage, result: OcrResult) -> None:
+        """Nothing to keep."""
+
+    def error(self, frame: Frame, error: EdgeError) -> None:
+        """Nothing to keep."""
+
+
 class Service:
     """Runs the worker in the calling thread until stopped."""
 
     def __init__(self, engine: DaemonEngine, queue: WorkQueue, outbox: Outbox, link: MqttLink,
                  delivery: Delivery, sources: list[Source], runtime: RuntimeDir, topics: Topics,
-                 health_interval: float, intake: Intake, notifier: Notifier = Notifier()) -> None:
+                 health_interval: float, intake: Intake, notifier: Notifier = Notifier(),
+                 extras: Sequence[Extra] = (), watcher: Watcher = _NoWatcher()) -> None:
         self._engine = engine
         self._queue = queue
         self._outbox = outbox
@@ -59,6 +86,8 @@ class Service:
         self._health_interval = health_interval
         self._intake = intake
         self._notifier = notifier
+        self._extras = extras
+        self._watcher = watcher
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._latencies: deque[float] = deque(maxlen=500)
@@ -76,6 +105,8 @@ class Service:
         self._link.start()
         self._delivery.start()
         try:
+            for extra in self._extras:
+                extra.start()
             for source in self._sources:
                 source.start()
         except BaseException:
@@ -115,32 +146,36 @@ class Service:
                 frame = replace(frame, data=raw)
             if frame.attempt > MAX_ATTEMPTS:
                 raise SpoolError(f"interrupted the daemon {frame.attempt - 1} times; not retried")
-            result = self._engine(self._engine.decode(raw))
+            image = self._engine.decode(raw)
+            result = self._engine(image)
         except EdgeError as exc:
             self._reject(job, frame, exc)
         except Exception as exc:  # a bug on one frame must not stop the daemon
             log.exception("unexpected failure on %s", frame.source)
             self._reject(job, frame, InternalError(f"{type(exc).__name__}: {exc}"))
         else:
-            self._deliver(job, frame, result, time.perf_counter() - started)
+            if self._deliver(job, frame, result, time.perf_counter() - started):
+                self._watch(self._watcher.result, frame, image, result)
         finally:
+            image = None  # its pixels go before after_frame() hands the freed heap back
             self._runtime.clean()
             self._engine.after_frame()
 
-    def _deliver(self, job: Job, frame, result, seconds: float) -> None:
+    def _deliver(self, job: Job, frame, result, seconds: float) -> bool:
         try:
             job.owner.deliver(frame, result)
         except OutboxError as exc:  # the disk is full: the file goes back, to be read again later
             self._put_back(job, frame, exc)
-            return
+            return False
         except Exception:  # e.g. a reply the broker cannot take: the result itself was fine
             log.exception("delivering the result of %r failed", frame.source.item)
             self.failed += 1
-            return
+            return False
         self.processed += 1
         self._latencies.append(seconds * 1000.0)
         log.info("%s %r: %d lines in %.0f ms", frame.source.kind, frame.source.item,
                  len(result.lines), seconds * 1000.0, extra=_fields(frame))
+        return True
 
     def _reject(self, job: Job, frame, error: EdgeError) -> None:
         try:
@@ -151,6 +186,14 @@ class Service:
         self.failed += 1
         log.warning("%s %r refused: %s (%s)", frame.source.kind, frame.source.item,
                     error.message, error.code, extra=_fields(frame, error))
+        self._watch(self._watcher.error, frame, error)
+
+    @staticmethod
+    def _watch(tell, *outcome) -> None:
+        try:
+            tell(*outcome)
+        except Exception:  # noqa: BLE001  a watcher must never cost the daemon a frame
+            log.exception("a watcher failed on a frame's outcome")
 
     def _put_back(self, job: Job, frame, exc: BaseException) -> None:
         """The frame's outcome could not be recorded: it goes back to its source unchanged, and
@@ -204,6 +247,8 @@ class Service:
                         self._outbox.stats().depth)
         self._delivery.stop()
         self._link.stop()
+        for extra in self._extras:
+            extra.stop()
         self._outbox.close()
         self._runtime.clean()
         log.info("stopped")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
+from edge import __version__
 from edge.config import EdgeConfig, model_dir, runtime_dir, state_dir
 from edge.daemon import budget
 from edge.daemon.budget import MemoryModel, Planner
 from edge.daemon.budgeted_engine import DaemonEngine
 from edge.daemon.control import Commands
 from edge.daemon.intake import Intake
+from edge.daemon.recent import RecentOutcomes
 from edge.daemon.runtime import RuntimeDir
 from edge.daemon.service import Service
-from edge.delivery import payload
+from edge.daemon.statuspage import PageContent, StatusPage
+from edge.delivery import hass, payload
+from edge.delivery.discovery import HomeAssistantDiscovery
 from edge.delivery.mqtt import Delivery, MqttLink
 from edge.delivery.outbox import Outbox, OutboxLimits
 from edge.delivery.payload import Envelope, Topics
@@ -38,7 +43,7 @@ def build_service(config: EdgeConfig) -> Service:
     runtime = RuntimeDir(runtime_dir(config))
     runtime.prepare()
     state = state_dir(config)
-    engine = _engine(config, state)
+    engine = build_engine(config, state)
     engine.warm_up()
     topics = Topics(config.mqtt.topic_prefix, config.device_id)
     envelope = Envelope(config.device_id, {"pack": config.ocr.pack,
@@ -53,11 +58,38 @@ def build_service(config: EdgeConfig) -> Service:
     folders = [_folder(config, state, source, queue, sink) for source in config.sources.folders]
     cameras = [CameraSource(camera, queue, sink) for camera in config.sources.cameras]
     service = Service(engine, queue, outbox, link, delivery, [*folders, *cameras], runtime,
-                      topics, config.health.interval_seconds, Intake(outbox.has_room))
+                      topics, config.health.interval_seconds, Intake(outbox.has_room),
+                      **_beside(config, state, link, topics, engine, lambda: service.snapshot()))
     commands = Commands(link, queue, envelope, status=service.snapshot,
                         rescan=lambda: _rescan_all(folders),
                         retry_failed=lambda: sum(folder.retry_failed() for folder in folders))
     return service
+
+
+def _beside(config: EdgeConfig, state: Path, link: MqttLink, topics: Topics,
+            engine: DaemonEngine, snapshot) -> dict[str, object]:
+    """What runs beside the worker: discovery (always: off, it clears what it published
+    before) and, when `http.listen` is set, the status page with the outcomes it shows."""
+    extras: list[object] = [_discovery(config, state, link, topics, engine)]
+    if config.http.listen is None:
+        return {"extras": extras}
+    recent = RecentOutcomes(config.http.recent, config.http.image_side)
+    content = PageContent(config.device_id, snapshot, recent, config.http.refresh_seconds,
+                          f"{topics.prefix}/{topics.device}")
+    return {"extras": [*extras, StatusPage(config.http.address(), content)], "watcher": recent}
+
+
+def _discovery(config: EdgeConfig, state: Path, link: MqttLink, topics: Topics,
+               engine: DaemonEngine) -> HomeAssistantDiscovery:
+    settings = config.homeassistant
+    ledger = state / "homeassistant-discovery.json"
+    if not settings.discovery:
+        return HomeAssistantDiscovery(link, [], ledger, birth_topic=None)
+    device = hass.DeviceInfo(config.device_id, f"edge-ocr {config.ocr.pack} "
+                             f"{engine.models.variant.precision}", __version__)
+    cameras = [camera.name for camera in config.sources.cameras]
+    messages = hass.discovery_messages(settings.prefix, topics, device, cameras)
+    return HomeAssistantDiscovery(link, messages, ledger, hass.birth_topic(settings.prefix))
 
 
 def _rescan_all(folders: list[FolderSource]) -> None:
@@ -65,7 +97,10 @@ def _rescan_all(folders: list[FolderSource]) -> None:
         folder.rescan()
 
 
-def _engine(config: EdgeConfig, state: Path) -> DaemonEngine:
+def build_engine(config: EdgeConfig, state: Optional[Path] = None) -> DaemonEngine:
+    """The engine under the config's RAM plan; the memory model is cached in `state` (the
+    config's state folder by default)."""
+    state = state or state_dir(config)
     store = ModelStore(model_dir(config))
     if config.resources.memory_mb == "auto":
         engine = DaemonEngine(load_models(config.ocr, store), config.ocr, config.images,

@@ -57,6 +57,8 @@ class MqttLink:
         self._refused = False  # the broker's CONNACK refused us; its close is no news
         self.last_error: Optional[str] = None  # why the link is down; None once connected
         self.on_ack: Callable[[], None] = lambda: None
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._connect_hooks: list[Callable[[], None]] = []
         self._client = self._make_client()
 
     @property
@@ -83,6 +85,22 @@ class MqttLink:
                                         properties=properties).mid
         except ValueError as exc:
             raise BrokerError(f"paho refused a message for {topic!r}: {exc}") from exc
+
+    def publish_tracked(self, topic: str, body: bytes, retain: bool = False) -> Callable[[], bool]:
+        """Hand one QoS 1 message to paho; returns a check: has the broker acknowledged it?"""
+        try:
+            return self._client.publish(topic, body, qos=1, retain=retain).is_published
+        except ValueError as exc:
+            raise BrokerError(f"paho refused a message for {topic!r}: {exc}") from exc
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Hand the payloads of `topic` (no wildcards) to `handler`, on paho's thread, from the
+        next connection on. Call before `start`."""
+        self._subscriptions[topic] = handler
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Call `hook` on paho's thread after each connection is up. Call before `start`."""
+        self._connect_hooks.append(hook)
 
     def reply(self, command: Command, body: bytes) -> None:
         """Answer a command on its v5 response topic (with its correlation data), else on
@@ -159,10 +177,21 @@ class MqttLink:
                      self._config.port, self.last_error)
         self.last_error = None
         client.subscribe(self._topics.commands, qos=1)
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
         client.publish(self._topics.status, payload.status_body(self._topics.device, "online"),
                        qos=1, retain=True)
         self._connected.set()
         self.on_ack()
+        for hook in self._connect_hooks:
+            self._run_hook(hook)
+
+    @staticmethod
+    def _run_hook(hook: Callable[[], None]) -> None:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001  on paho's thread: the connection stays up
+            log.exception("a connection hook failed")
 
     def _connect_failed_cb(self, client, userdata) -> None:
         # paho calls this inside its `except OSError` around the connect: the error is current
@@ -203,6 +232,10 @@ class MqttLink:
         self.on_ack()
 
     def _message_cb(self, client, userdata, message) -> None:
+        handler = self._subscriptions.get(message.topic)
+        if handler is not None:
+            self._run_hook(lambda: handler(bytes(message.payload)))
+            return
         name = message.topic.rsplit("/", 1)[-1]
         props = getattr(message, "properties", None)
         self._on_command(Command(name, bytes(message.payload),
