@@ -213,7 +213,8 @@ def test_a_crash_loop_counts_an_attempt_only_for_the_file_being_read(broker, dae
 def test_a_file_written_in_pieces_is_read_once_whole(tmp_path, broker, daemons):
     subscriber = Subscriber(broker.port)
     spool = tmp_path / "daemon" / "spool"
-    daemon = daemons(broker.port, sources={"folders": [{"path": str(spool), "settle_seconds": 2}]})
+    daemon = daemons(broker.port, sources={"folders": [{"path": str(spool),
+                                                        "settle_seconds": 30}]})
     daemon.wait_ready(subscriber)
     data = jpeg(140)
     target = daemon.spool / "slow-scanner.jpg"
@@ -222,9 +223,11 @@ def test_a_file_written_in_pieces_is_read_once_whole(tmp_path, broker, daemons):
         with open(target, "ab") as handle:  # each piece ends with a close-write event
             handle.write(data[start:start + piece])
         time.sleep(0.4)
-    wait_for(lambda: subscriber.results_by_item(), 30, "the result")
+    # whole once its last piece is written: taken on that close, long before 30 s of settling
+    wait_for(lambda: subscriber.results_by_item(), 20, "the result")
     time.sleep(3)
     assert list(subscriber.results_by_item()) == ["slow-scanner.jpg"]
+    assert "Traceback" not in daemon.log_text()
     assert len(subscriber.on("results")) == 1 and subscriber.on("errors") == []
     assert not (daemon.state / "failed").exists() or not os.listdir(daemon.state / "failed")
 

@@ -191,11 +191,12 @@ class FolderSource:
                 info = self._lstat(name)
                 if info is None or stat.S_ISDIR(info.st_mode):  # gone, or a sub-folder
                     del self._candidates[name]
-                elif self._is_ready(candidate, info, now):
+                elif self._is_ready(name, candidate, info, now):
                     ready.append((info.st_mtime_ns, name))
         return [name for _, name in sorted(ready)]
 
-    def _is_ready(self, candidate: _Candidate, info: os.stat_result, now: float) -> bool:
+    def _is_ready(self, name: str, candidate: _Candidate, info: os.stat_result,
+                  now: float) -> bool:
         if not stat.S_ISREG(info.st_mode):
             return True  # links, FIFOs, devices: refused at once, never waited on
         if (info.st_size, info.st_mtime_ns) != (candidate.size, candidate.mtime_ns):
