@@ -5,7 +5,8 @@
 #               tcmalloc (lower peak RSS: see edge/allocator.py)
 #   (default)   the above, plus Mosquitto and its clients (the local broker of scripts/run.sh)
 #               and ffmpeg (serves camera streams in tests)
-#   --test      the default, plus Debian's RTSP server library (the RTSP camera test)
+#   --test      the default, plus Debian's RTSP server library (the RTSP camera test) and
+#               Chromium (the status page is tested in headless Chromium)
 set -euo pipefail
 mode=${1:-}
 
@@ -25,6 +26,7 @@ if [[ $mode != --service ]]; then
 fi
 if [[ $mode == --test ]]; then
   perl -MRTSP::Server -e 1 2>/dev/null || missing+=(librtsp-server-perl)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

@@ -69,11 +69,16 @@ def ocr(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """`edge-ocr bench PATH...`: per-stage medians, images/s and peak RSS."""
+    """`edge-ocr bench PATH...`: per-stage medians, images/s and peak RSS; with `--against` or
+    `--peer-command`, side by side with another engine (see `edge.cli.compare`)."""
     from edge.cli.bench import format_report, summarise
     from edge.models.calibration import rendered_images
 
     config = _engine_config(args)
+    if args.against or args.peer_command:
+        from edge.cli.compare import bench_against
+
+        return bench_against(args, config)
     files = collect_images(args.paths)
     runner = _runner(config)
     runner.warm_up(next(rendered_images(1)))
@@ -100,6 +105,23 @@ def evaluate(args: argparse.Namespace) -> int:
     scores = {k: round(v, 4) if isinstance(v, float) else v for k, v in tally.scores().items()}
     print(json.dumps(scores))
     return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """`edge-ocr status`: the daemon's answer to the `status` command, else what the broker
+    retained of it; exit 1 unless it answered with nothing wrong."""
+    from edge.cli.status import report
+    from edge.delivery.payload import Topics
+    from edge.delivery.query import ask_status
+
+    config = load_config(args.config)
+    topics = Topics(config.mqtt.topic_prefix, config.device_id)
+    answer = ask_status(config.mqtt, topics, args.timeout)
+    text, healthy = report(config.device_id, answer, args.timeout)
+    if args.json:
+        text = json.dumps(answer.live or answer.health, ensure_ascii=False, indent=2)
+    print(text)
+    return 0 if healthy else 1
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -61,14 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", type=Path, help="YAML config file (default: $EDGE_OCR_CONFIG)")
     doctor.set_defaults(handler=_run_command("doctor"))
 
+    status = commands.add_parser("status", help="how the daemon is: asked over MQTT")
+    status.add_argument("--config", type=Path, help="YAML config file (default: $EDGE_OCR_CONFIG)")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                        help="seconds to wait for the broker and for the daemon's answer")
+    status.add_argument("--json", action="store_true", help="print the health snapshot as JSON")
+    status.set_defaults(handler=_run_command("status"))
+
     ocr = commands.add_parser("ocr", help="read the text in image files and folders")
     _engine_options(ocr)
     ocr.add_argument("--format", choices=("text", "json", "jsonl"), default="text")
     ocr.add_argument("--draw", type=Path, metavar="DIR", help="write annotated images here")
     ocr.set_defaults(handler=_run_command("ocr"))
 
-    bench = commands.add_parser("bench", help="per-stage speed, throughput and peak RSS")
+    bench = commands.add_parser("bench", help="per-stage speed, throughput and peak RSS; with "
+                                              "--against, side by side with another engine")
     _engine_options(bench)
+    _comparison_options(bench)
     bench.set_defaults(handler=_run_command("bench"))
 
     evaluate = commands.add_parser("eval", help="accuracy against ICDAR-style ground truth")
@@ -121,6 +130,20 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "int8", "fp16", "fp32"))
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int)
+
+
+def _comparison_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--against", choices=("rapidocr",),
+                        help="run this engine too, in turns with edge-ocr, on each FOLDER "
+                             "(installed into a cached venv on first use)")
+    parser.add_argument("--peer-command", metavar="CMD",
+                        help="compare with this command instead: it gets the image files as "
+                             "arguments and prints one JSON line per image, as "
+                             "'edge-ocr ocr --format jsonl' does")
+    parser.add_argument("--peer-name", metavar="NAME", help="the peer's name in the table")
+    parser.add_argument("--gt", type=Path, action="append", metavar="DIR",
+                        help="ground truth for words F1 (may be given for several folders)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each system per folder")
 
 
 def _run_command(name: str):

@@ -1,6 +1,6 @@
 """How `edge-ocr ocr` prints results: text for people, json and jsonl for programs.
 
-The jsonl line is a contract (`../shared/bench/compare.sh` reads it):
+The jsonl line is a contract (`edge-ocr bench --against` reads it, and peers print it too):
 {"image": basename, "seconds": float, "lines": [{"box": [[x, y] x4], "text": str, "score": float}]}
 """
 
