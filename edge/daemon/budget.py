@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -168,7 +169,11 @@ def box_memory(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup"
 
 
 def _meminfo_mb(path: Path) -> int:
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text()
+    except OSError:  # hidden under the unit's ProcSubset=pid: the kernel's sysinfo says the same
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    for line in text.splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) // 1024
     raise ConfigError(f"{path} gives no MemTotal", "set resources.memory_mb to a number")

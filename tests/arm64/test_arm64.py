@@ -24,6 +24,7 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+import yaml
 
 from arm64_root import Arm64Root, elf_machine, record_step, signal_inside
 from daemon_kit import Broker, Subscriber, wait_for
@@ -137,15 +138,19 @@ def record_measurement(root: Arm64Root, pack: str, machine: dict, int8_ms: float
     (pack_dir / "measurement.json").write_text(json.dumps(record))
 
 
-def configure(root: Arm64Root, broker_port: int) -> None:
-    (root.root / "etc/edge-ocr/edge-ocr.yaml").write_text(
-        "device_id: arm64-test\n"
-        "sources:\n  folders:\n    - path: /var/spool/edge-ocr\n      settle_seconds: 0.5\n"
-        f"mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n"
-        f"models:\n  dir: {MODELS}\n"
-        "ocr:\n  pack: ppocr-v6-tiny\n"
-        "paths:\n  state_dir: /var/lib/edge-ocr\n  runtime_dir: /run/edge-ocr-test\n"
-        "health:\n  interval_seconds: 5\n")
+def configure(root: Arm64Root, broker_port: int, under_systemd: bool = False) -> None:
+    """The Pi profile config/examples/pi-tiny.yaml (tiny pack, Latin script) with this test's
+    broker and spool; its own state and runtime folders unless systemd provides them."""
+    config = yaml.safe_load((root.root / "root/edge-ocr/config/examples/pi-tiny.yaml").read_text())
+    config.update({
+        "device_id": "arm64-test",
+        "sources": {"folders": [{"path": "/var/spool/edge-ocr", "settle_seconds": 0.5}]},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port},
+        "models": {"dir": MODELS},
+        "health": {"interval_seconds": 5}})
+    if not under_systemd:
+        config["paths"] = {"state_dir": "/var/lib/edge-ocr", "runtime_dir": "/run/edge-ocr-test"}
+    (root.root / "etc/edge-ocr/edge-ocr.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_install_sh_builds_the_venv_and_keeps_the_verified_packs(installed, copied_packs):
@@ -193,14 +198,14 @@ def test_doctor_reports_neon_dot_product_and_the_variant_auto_runs(installed, br
 @pytest.mark.parametrize("pack", PACKS)
 def test_ocr_reads_rendered_text_with_boxes_on_it(installed, pack, precision):
     root, _ = installed
-    folder = root.root / "tmp" / f"pages-{pack}-{precision}"
+    folder = root.root / "root" / f"pages-{pack}-{precision}"
     folder.mkdir()
     pages = {}
     for seed in PAGE_SEEDS:
         pages[f"page{seed}.png"] = small_page(seed)
         cv2.imwrite(str(folder / f"page{seed}.png"), pages[f"page{seed}.png"].image)
     done = inside(root, f"edge-ocr ocr, {pack} {precision}, two pages", EDGE_OCR, "ocr",
-                  f"/tmp/{folder.name}", "--pack", pack, "--precision",
+                  f"/root/{folder.name}", "--pack", pack, "--precision",
                   precision, "--format", "jsonl", "--config", "/etc/edge-ocr/edge-ocr.yaml")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.splitlines()]
