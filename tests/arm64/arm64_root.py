@@ -182,3 +182,42 @@ def elf_machine(path: Path) -> int:
     header = path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF", path
     return int.from_bytes(header[18:20], "little")
+
+
+class Booted:
+    """The root booted with systemd as PID 1 (`systemd-nspawn -b`), and commands run in it."""
+
+    def __init__(self, root: Arm64Root, log: Path) -> None:
+        self._log = open(log, "wb")
+        self.process = subprocess.Popen(
+            [*root.nspawn("-M", "edge-arm64-test", "-b", "--console=passive")],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        self.leader = 0
+        while not self.leader and time.monotonic() < deadline:
+            children = descendants(self.process.pid)
+            self.leader = children[0] if children else 0
+            time.sleep(0.5)
+        assert self.leader, "the container's init did not start"
+
+    def run(self, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """A command in the booted container's namespaces."""
+        return subprocess.run(["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-p",
+                               *command], capture_output=True, text=True, timeout=timeout)
+
+    def unit(self, name: str, *properties: str) -> dict[str, str]:
+        """Properties of a unit, as `systemctl show` gives them."""
+        shown = self.run("systemctl", "show", name, *(f"-p{p}" for p in properties))
+        return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+
+    def poweroff(self, timeout: float = 300) -> int:
+        """Shut down cleanly; nspawn's exit status."""
+        self.run("systemctl", "poweroff")
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Stop the container if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
