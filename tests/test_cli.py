@@ -199,7 +199,8 @@ def test_progress_bar_only_when_stderr_is_a_terminal(page_files, store):
 @pytest.mark.parametrize("name", ["edge-ocr.yaml", "examples/kiosk-camera.yaml",
                                   "examples/scanner-spool.yaml", "examples/pi-low-memory.yaml",
                                   "examples/tls-broker.yaml", "examples/fleet-device.yaml",
-                                  "examples/latin-documents.yaml", "examples/pi-tiny.yaml"])
+                                  "examples/latin-documents.yaml", "examples/pi-tiny.yaml",
+                                  "examples/home-assistant.yaml"])
 def test_shipped_configs_are_valid(name):
     path = Path(__file__).resolve().parents[1] / "config" / name
     done = run_cli("check-config", str(path))

@@ -17,7 +17,8 @@ from pathlib import Path
 def main() -> int:
     """Read every image given and print its line."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads; 0 = its default")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime threads; 0 = its default")
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args()
     from rapidocr import RapidOCR

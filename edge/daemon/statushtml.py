@@ -18,8 +18,11 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:70em}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse}td,th{padding:.15em .8em .15em 0;text-align:left;vertical-align:top}
 th{font-weight:600;color:#555}.ok{color:#17702d}.bad{color:#b3261e;font-weight:600}
-.outcome{border-top:1px solid #ccc;padding:.8em 0}.outcome img{max-width:100%;border:1px solid #999}
-pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap;margin:.4em 0}
+.outcome{border-top:1px solid #ccc;padding:.8em 0}
+.read{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.read img{max-width:min(100%,40em);border:1px solid #999}
+pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap;margin:0;flex:1 1 20em;
+max-height:40em;overflow:auto}
 .muted{color:#666}code{background:#f4f4f4;padding:0 .2em}
 """
 
@@ -75,8 +78,9 @@ def _outcome(outcome: Outcome) -> str:
     facts = f"{len(result.lines)} lines, {result.width}x{result.height} px, {ms:.0f} ms"
     text = escape(result.text) if result.lines else '<span class="muted">(no text)</span>'
     return (f'<div class="outcome" id="outcome-{outcome.number}">{head}'
-            f'<p class="muted">{facts}</p><pre class="text">{text}</pre>'
-            f'<img src="image/{outcome.number}.jpg" alt="{escape(source.item)}, annotated"></div>')
+            f'<p class="muted">{facts}</p><div class="read">'
+            f'<img src="image/{outcome.number}.jpg" alt="{escape(source.item)}, annotated">'
+            f'<pre class="text">{text}</pre></div></div>')
 
 
 def _commands(prefix: str) -> str:
