@@ -34,12 +34,14 @@ class TextLine:
 
 @dataclass(frozen=True)
 class OcrResult:
-    """Everything the engine read in one image, lines in reading order."""
+    """Everything the engine read in one image, lines in reading order. `decoded_scale` is the
+    share of the original resolution it was read at (0.5: decoded at half size)."""
 
     width: int
     height: int
     lines: tuple[TextLine, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    decoded_scale: float = 1.0
 
     @property
     def text(self) -> str:

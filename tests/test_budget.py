@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 
 from edge.config import ImagesConfig, OcrConfig
 from conftest import png_header
+from daemon_kit import Daemon, Subscriber, wait_for
+from edge.daemon import allocator
 from edge.daemon.budget import (
     DET_MIN_PIXELS,
     HEADROOM,
@@ -25,8 +28,9 @@ from edge.daemon.budget import (
 )
 from edge.daemon.budgeted_engine import DaemonEngine, image_limits
 from edge.errors import ConfigError, ImageTooLargeError
+from edge.frames import DecodedImage
 from edge.models.calibration import render_page
-from edge.models.factory import load_models
+from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.ocr.imageio import decode_bytes
 
 SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
@@ -44,9 +48,14 @@ def test_plan_fits_the_budget_and_shrinks_with_it():
     assert tight.image_max_side <= roomy.image_max_side
 
 
-def test_unexplained_memory_makes_the_plan_smaller():
-    planner = Planner(SMALL, 256, 1280, 4, 4096)
-    assert planner.plan(15.0).det_max_pixels < planner.plan().det_max_pixels
+def test_a_tight_budget_keeps_the_resolution_and_tiles_the_detector_instead():
+    roomy = Planner(SMALL, 1024, 1280, 4, 2048).plan()
+    tight = Planner(SMALL, 230, 1280, 4, 2048).plan()
+    assert roomy.image_max_side == tight.image_max_side == 2048
+    assert roomy.det_max_pixels == 1280 * 1280 and tight.det_max_pixels < 400_000
+    assert tight.rec_max_width >= 960 and tight.predicted_mb <= 230 * HEADROOM
+    words = Planner(SMALL, 230, 1280, 4, 2048).in_words(tight)
+    assert "1/1 scale to 2048 px tall and detected in 5 tile(s)" in words and "capitals" in words
 
 
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():
@@ -144,3 +153,76 @@ def test_auto_refuses_an_image_whose_decode_would_take_the_box_down(store):
     assert engine.decode(small).pixels.shape == page.image.shape
     unguarded = DaemonEngine(models, config, ImagesConfig())
     assert unguarded.guard is None and unguarded.memory().plan is None
+
+
+# --- tiles instead of blur ---------------------------------------------------------------------
+
+def one_line_page(text: str, width: int = 960, height: int = 720, row: int = 190) -> np.ndarray:
+    page = np.full((height, width, 3), 235, np.uint8)
+    cv2.putText(page, text, (40, row), cv2.FONT_HERSHEY_SIMPLEX, 1.3, (20, 20, 20), 2,
+                cv2.LINE_AA)
+    return page
+
+
+@pytest.mark.parametrize("tile", [960 * 256, 65_536])  # strips cut across it, squares along it
+def test_a_line_that_crosses_tile_borders_is_read_once_and_whole(store, tile):
+    config = OcrConfig(pack="ppocr-v6-tiny", precision="int8", charset="latin")
+    models = load_models(config, store)
+    text = "TOTAL AMOUNT DUE 1234.56 EUR PAID BY CARD"
+    page = one_line_page(text)
+    image = DecodedImage(page, page.shape[1], page.shape[0])
+    tiled = assemble(models, config, MemoryCaps(det_max_pixels=tile))
+    assert tiled.detector.tiles(page) > 3
+    whole = assemble(models, config)(image)
+    assert [line.text for line in whole.lines] == [text]
+    assert [line.text for line in tiled(image).lines] == [text]
+
+
+def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):
+    files = {seed: cv2.imencode(".jpg", render_page(seed, width=w, height=h, lines=8).image
+                                )[1].tobytes()
+             for seed, (w, h) in {31: (960, 720), 32: (2480, 3508), 33: (1280, 2600)}.items()}
+    ocr, images = OcrConfig(pack="ppocr-v6-tiny", charset="latin"), ImagesConfig(max_side=1700)
+    models = load_models(ocr, store)
+    allocator.release_free_memory()
+    Path("/proc/self/clear_refs").write_text("5")  # this process's peak so far is not the plan's
+    model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=1.3, det_mb_per_mpx=69.6,
+                        rec_fixed_mb=3.8, rec_mb_per_kcol=7.3)  # the tiny pack's, measured
+    engine = DaemonEngine(models, ocr, images,
+                          Planner(model, int((model.base_mb + 25) / HEADROOM), 1280, 2, 1700))
+
+    def read(order):
+        texts = {}
+        for seed in order:
+            texts[seed] = engine(engine.decode(files[seed])).text
+            engine.after_frame()
+        return texts
+
+    first = read([31, 32, 33])
+    assert read([33, 32, 31, 31]) == first and read([32, 32, 33, 31]) == first
+    assert not engine.degraded  # the plan made at start held
+
+
+def test_a_large_page_of_small_print_is_read_under_a_160_mb_budget(tmp_path, broker):
+    words = ["INVOICE", "NUMBER", "4711", "DELIVERY", "ADDRESS", "HARBOUR", "STREET", "TOTAL",
+             "AMOUNT", "PAYABLE", "WITHIN", "THIRTY", "DAYS", "THANK", "YOU"]
+    page = np.full((7000, 5000, 3), 240, np.uint8)
+    for row, start in enumerate(range(0, len(words), 3)):
+        cv2.putText(page, " ".join(words[start:start + 3]), (300, 800 + row * 1100),
+                    cv2.FONT_HERSHEY_SIMPLEX, 3.0, (30, 30, 30), 6, cv2.LINE_AA)
+    subscriber = Subscriber(broker.port)
+    daemon = Daemon(tmp_path / "daemon", broker.port, {
+        "ocr": {"pack": "ppocr-v6-tiny", "charset": "latin"}, "images": {"max_side": 1700},
+        "resources": {"memory_mb": 160}}).start()
+    try:
+        daemon.wait_ready(subscriber, timeout=120)
+        daemon.drop("a4-scan.jpg", cv2.imencode(".jpg", page, [cv2.IMWRITE_JPEG_QUALITY, 85]
+                                                )[1].tobytes())
+        body = wait_for(lambda: subscriber.results_by_item().get("a4-scan.jpg"), 120,
+                        "the page's result")
+        read = set(body["text"].split())
+        assert len(read & set(words)) >= len(words) - 2, body["text"]
+        assert body["image"]["decoded_scale"] < 0.5
+        assert daemon.peak_rss_mb() <= 160
+    finally:
+        daemon.kill()

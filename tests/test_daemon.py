@@ -62,7 +62,7 @@ def test_dropped_images_arrive_as_valid_results_and_the_spool_empties(broker, ru
         read = {line["text"] for line in body["lines"]}
         expected = {line.text for line in page.lines}
         assert len(read & expected) >= 3, (read, expected)
-        assert body["image"] == {"width": 960, "height": 720}
+        assert body["image"] == {"width": 960, "height": 720, "decoded_scale": 1.0}
         assert body["source"] == {"type": "folder", "name": str(daemon.spool), "item": name}
     wait_for(lambda: not daemon.spool_files(), 10, "the spool to empty")
     assert sorted(r["seq"] for r in results.values()) == sorted(set(r["seq"] for r in results.values()))

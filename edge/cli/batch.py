@@ -5,14 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
-from edge.errors import ConfigError, EdgeError, ImageError
+from edge.errors import ConfigError, EdgeError, ImageError, ImageUnreadableError
 from edge.frames import DecodedImage, OcrResult
 from edge.models.calibration import IMAGE_SUFFIXES
-from edge.ocr.imageio import ImageLimits, decode_file
 
-Pipeline = Callable[[DecodedImage], OcrResult]
+
+class Engine(Protocol):
+    """What the runner needs: decode within the limits (and the RAM plan), read, tidy up."""
+
+    def decode(self, raw: bytes) -> DecodedImage: ...
+
+    def __call__(self, image: DecodedImage) -> OcrResult: ...
+
+    def after_frame(self) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,8 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
 class BatchRunner:
     """Decodes and reads each file in turn; a bad file becomes an outcome, never an exception."""
 
-    def __init__(self, pipeline: Pipeline, limits: ImageLimits) -> None:
-        self._pipeline = pipeline
-        self._limits = limits
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     def __call__(self, files: Iterable[Path]) -> Iterator[ImageOutcome]:
         """Yield one outcome per file, in order."""
@@ -60,11 +66,13 @@ class BatchRunner:
         """Decode and read one file; `seconds` covers decode to result."""
         started = time.perf_counter()
         try:
-            image = decode_file(path, self._limits)
+            image = self._engine.decode(_read(path))
             decoded = time.perf_counter()
-            result = self._pipeline(image)
+            result = self._engine(image)
         except EdgeError as exc:
             return ImageOutcome(path, time.perf_counter() - started, error=exc)
+        finally:
+            self._engine.after_frame()
         finished = time.perf_counter()
         timings = {"decode": round((decoded - started) * 1000.0, 2), **result.timings_ms,
                    "total": round((finished - started) * 1000.0, 2)}
@@ -73,4 +81,12 @@ class BatchRunner:
 
     def warm_up(self, image: DecodedImage) -> None:
         """Run once so the first real image does not pay for lazy initialisation."""
-        self._pipeline(image)
+        self._engine(image)
+        self._engine.after_frame()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageUnreadableError(f"cannot read {path}: {exc.strerror or exc}") from exc

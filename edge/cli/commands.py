@@ -129,6 +129,12 @@ def check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(f"{args.file}: valid")
     print(json.dumps(config.model_dump(mode="json"), indent=2))
+    if isinstance(config.resources.memory_mb, int) and config.resources.memory_mb > 0:
+        from edge.daemon.wiring import build_planner
+
+        planner = build_planner(config)
+        plan = planner.plan()
+        print(f"RAM plan: {plan.describe()}\n  {planner.in_words(plan)}")
     return 0
 
 
@@ -224,8 +230,9 @@ def samples(args: argparse.Namespace) -> int:
 
 
 def _engine_config(args: argparse.Namespace) -> EdgeConfig:
-    return with_overrides(load_config(args.config), "ocr", pack=args.pack,
-                          precision=args.precision, device=args.device, threads=args.threads)
+    config = with_overrides(load_config(args.config), "ocr", pack=args.pack,
+                            precision=args.precision, device=args.device, threads=args.threads)
+    return with_overrides(config, "resources", memory_mb=args.memory_mb)
 
 
 def _store(config: EdgeConfig) -> ModelStore:
@@ -249,13 +256,14 @@ def _packs(store: ModelStore, name: str | None) -> list[str]:
 
 
 def _runner(config: EdgeConfig) -> BatchRunner:
-    from edge.daemon.budgeted_engine import image_limits
-    from edge.models.factory import build_pipeline
+    """The daemon's engine, under the same RAM plan when a budget is set."""
+    from edge.daemon.wiring import build_engine
 
-    engine = build_pipeline(config.ocr, _store(config))
-    log.debug("pack %s, %s variant on %s (%s)", config.ocr.pack, engine.variant.precision,
-              engine.device, ", ".join(engine.providers))
-    return BatchRunner(engine.pipeline, image_limits(config.images))
+    engine = build_engine(config)
+    models = engine.models
+    log.debug("pack %s, %s variant on %s (%s)", config.ocr.pack, models.variant.precision,
+              models.device, ", ".join(models.det.providers))
+    return BatchRunner(engine)
 
 
 def _progress(outcomes, total: int):

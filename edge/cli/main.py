@@ -130,6 +130,13 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "int8", "fp16", "fp32"))
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--memory-mb", type=_budget, metavar="MB|auto",
+                        help="read under the daemon's RAM plan for this budget (0 = none)")
+
+
+def _budget(value: str):
+    """`auto` or a number of MB, as resources.memory_mb takes it."""
+    return value if value == "auto" else int(value)
 
 
 def _comparison_options(parser: argparse.ArgumentParser) -> None:

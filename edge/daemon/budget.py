@@ -18,18 +18,23 @@ from typing import Optional
 
 from edge.daemon import allocator
 from edge.errors import ConfigError
+from edge.ocr.detector import tile_count
+from edge.ocr.imageio import ImageLimits, jpeg_reduction
 
 log = logging.getLogger(__name__)
 
 HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
-DEGRADE_AT = 0.92  # a peak above this share of the budget steps the plan down
-IMAGE_SHARE = 0.10  # of the working memory, for the decoded image itself
+DEGRADE_AT = 0.96  # a peak above this share of the budget steps the plan down
 REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
 REC_MIN_WIDTH = 320  # below this lines are squeezed too far to read
-DET_MIN_PIXELS = 64_000  # below this (about 290x220) the detector misses ordinary print
-_IMAGE_SIDES = (4096, 3072, 2560, 2048, 1600, 1280, 1024)
+REC_GOOD_WIDTH = 960  # a smaller decode is preferred to lines squeezed below this
+DET_MIN_PIXELS = 64_000  # the smallest detector tile (about 250x250) worth a model run
+IMAGE_ASPECT = 0.75  # images are planned as 4:3 at their longest side (a square one takes more)
+MAP_BYTES = 2  # per detector-input pixel of a whole tiled image: the stitched map and its bitmap
+_SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
+MEASURE_METHOD = 2  # raised whenever memprobe measures differently: cached models are redone
 
 
 @dataclass(frozen=True)
@@ -55,55 +60,83 @@ class MemoryModel:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the planner chose: caps on the detector's input area, the recogniser's line width
-    and batch width, and the decode size."""
+    """What the planner chose: the decode size, the detector's tile area (the detector keeps
+    its scale and runs over tiles of at most this area), the recogniser's line and batch
+    width, and the largest decode the budget allows."""
 
     budget_mb: int
     det_max_pixels: int
+    det_side: int
     rec_max_width: int
     rec_max_columns: int
     image_max_side: int
+    decode_room_mb: float
     predicted_mb: float
 
     def describe(self) -> str:
         """One line for the start-up log and health."""
-        return (f"budget {self.budget_mb} MB: detector input up to "
-                f"{self.det_max_pixels / 1e6:.2f} MP, lines up to {self.rec_max_width} px wide, "
-                f"{self.rec_max_columns} columns per recogniser batch, images decoded to "
-                f"{self.image_max_side} px, "
-                f"predicted peak {self.predicted_mb:.0f} MB")
+        return (f"budget {self.budget_mb} MB: images decoded to {self.image_max_side} px, "
+                f"detector tiles up to {self.det_max_pixels / 1e6:.2f} MP, lines up to "
+                f"{self.rec_max_width} px wide, {self.rec_max_columns} columns per recogniser "
+                f"batch, predicted peak {self.predicted_mb:.0f} MB")
+
+    def max_decode_pixels(self, file_bytes: int) -> int:
+        """The most pixels a decode of a `file_bytes` file may fill (its scratch included)."""
+        room = self.decode_room_mb - file_bytes / _MB
+        return max(1, int(room * _MB / DECODE_BYTES_PER_PIXEL))
+
+
+DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG) plus the file
 
 
 def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int,
          wanted_image_side: int) -> Plan:
-    """The most accurate settings whose predicted peak fits `budget_mb`.
+    """The most accurate settings whose predicted peak fits `budget_mb` with HEADROOM to spare.
 
-    The detector is planned by input area, not side, so a long receipt keeps its resolution;
-    a tenth of the working memory is set aside for the decoded image.
+    Resolution comes first: the largest decode size for which a detector tile and a recogniser
+    line of useful size still fit. The detector keeps its scale and runs over tiles, so the
+    budget costs speed before it costs text.
     """
     usable = budget_mb * HEADROOM - model.base_mb
-    image_side = next((side for side in _IMAGE_SIDES if side <= wanted_image_side
-                       and _image_mb(side) <= usable * IMAGE_SHARE), _IMAGE_SIDES[-1])
-    room = usable - _image_mb(image_side)
-    det_pixels = min(wanted_side * wanted_side,
-                     int((room - model.det_fixed_mb) / max(model.det_mb_per_mpx, 1e-6) * 1e6))
+    sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
+    for side, min_width in [*((s, REC_GOOD_WIDTH) for s in sides), (sides[-1], REC_MIN_WIDTH)]:
+        stages = _stages(model, usable - _image_mb(side), wanted_side, wanted_batch, min_width)
+        if stages is not None:
+            det_pixels, rec_width, columns, stage_mb = stages
+            decode_room = budget_mb * DEGRADE_AT - model.base_mb
+            return Plan(budget_mb, det_pixels, wanted_side, rec_width, columns, side,
+                        round(decode_room, 1),
+                        round(model.base_mb + _image_mb(side) + stage_mb, 1))
+    need = (model.base_mb + _image_mb(_SMALLER_SIDES[-1]) + _map_mb(wanted_side)
+            + max(model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH)))
+    raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
+                      f"about {need / HEADROOM:.0f} MB",
+                      "raise resources.memory_mb, or choose a smaller ocr.pack")
+
+
+def _stages(model: MemoryModel, room: float, wanted_side: int, wanted_batch: int,
+            min_width: int) -> Optional[tuple[int, int, int, float]]:
+    """Detector tile area, line width, batch columns and their peak in `room` MB; None when
+    the tile would fall below DET_MIN_PIXELS or the line width below `min_width`."""
+    whole = wanted_side * wanted_side
+    det_pixels = min(whole, int((room - model.det_fixed_mb) / max(model.det_mb_per_mpx, 1e-6)
+                                * 1e6))
+    if det_pixels < whole:  # tiled: the stitched map of the whole input is held as well
+        det_pixels = int((room - _map_mb(wanted_side) - model.det_fixed_mb)
+                         / max(model.det_mb_per_mpx, 1e-6) * 1e6)
     rec_columns = int((room - model.rec_fixed_mb) / max(model.rec_mb_per_kcol, 1e-6) * 1000)
     rec_width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
-    if det_pixels < DET_MIN_PIXELS or rec_width < REC_MIN_WIDTH:
-        need = model.base_mb + _image_mb(_IMAGE_SIDES[-1]) + max(
-            model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH))
-        raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
-                          f"about {need / HEADROOM:.0f} MB",
-                          "raise resources.memory_mb, or choose a smaller ocr.pack")
+    if det_pixels < DET_MIN_PIXELS or rec_width < min(min_width, REC_FULL_WIDTH):
+        return None
     columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
-    stage = max(model.detector_mb_at(det_pixels), model.recognizer_mb(columns))
-    return Plan(budget_mb, det_pixels, rec_width, columns, image_side,
-                round(model.base_mb + _image_mb(image_side) + stage, 1))
+    det_mb = model.detector_mb_at(det_pixels) + (_map_mb(wanted_side) if det_pixels < whole
+                                                 else 0.0)
+    return det_pixels, rec_width, columns, max(det_mb, model.recognizer_mb(columns))
 
 
 @dataclass(frozen=True)
 class Planner:
-    """The measured model and what the config wants; plans again when reality disagrees."""
+    """The measured model and what the config wants."""
 
     model: MemoryModel
     budget_mb: int
@@ -111,24 +144,44 @@ class Planner:
     wanted_batch: int
     wanted_image_side: int
 
-    def plan(self, unexplained_mb: float = 0.0) -> Plan:
-        """A plan that also leaves room for `unexplained_mb` the model did not predict."""
-        model = replace(self.model, base_mb=self.model.base_mb + unexplained_mb)
-        return plan(model, self.budget_mb, self.wanted_side, self.wanted_batch,
+    def plan(self) -> Plan:
+        """The plan for the budget; made once at start and kept."""
+        return plan(self.model, self.budget_mb, self.wanted_side, self.wanted_batch,
                     self.wanted_image_side)
 
+    def tile_pixels(self, plan: Plan, image_bytes: int, input_pixels: int) -> int:
+        """The detector's tile area for one image: the whole input if it fits beside the
+        decoded image, else what is left once the image and the stitched map are held (never
+        less than the plan's, which assumed the largest image)."""
+        room = self.budget_mb * HEADROOM - self.model.base_mb - image_bytes / _MB
+        if self.model.detector_mb_at(input_pixels) <= room:
+            return input_pixels
+        room -= input_pixels * MAP_BYTES / _MB + self.model.det_fixed_mb
+        return max(plan.det_max_pixels, int(room / max(self.model.det_mb_per_mpx, 1e-6) * 1e6))
 
-def tighter(new: Plan, current: Plan) -> Plan:
-    """`new`, but never looser than `current` in any cap (earlier step-downs stand)."""
-    return replace(new, det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
-                   rec_max_width=min(new.rec_max_width, current.rec_max_width),
-                   rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
-                   image_max_side=min(new.image_max_side, current.image_max_side))
+    def in_words(self, plan: Plan) -> str:
+        """What the plan costs, for people: an A4 page scanned at 300 dpi (a 1.5 MB JPEG of
+        2480x3508), how it is decoded and tiled, and the print the detector can still see
+        (capitals MIN_CAPITAL_PX tall at its input)."""
+        page_w, page_h = 2480, 3508
+        limits = ImageLimits(max_bytes=0, max_pixels=0, max_side=plan.image_max_side,
+                             max_decode_pixels=plan.max_decode_pixels(A4_JPEG_BYTES))
+        reduction = jpeg_reduction(page_w, page_h, limits)
+        decoded_h = min(plan.image_max_side, page_h // reduction)
+        decoded_w = round(page_w * decoded_h / page_h)
+        det_scale = min(1.0, plan.det_side / page_h)
+        det_w, det_h = (max(32, round(side * det_scale / 32) * 32) for side in (page_w, page_h))
+        tile = self.tile_pixels(plan, decoded_w * decoded_h * 3, det_w * det_h)
+        capital = MIN_CAPITAL_PX / det_scale  # page pixels at 300 dpi
+        return (f"an A4 page at 300 dpi is decoded at 1/{reduction} scale to {decoded_h} px "
+                f"tall and detected in {tile_count(det_w, det_h, tile)} tile(s); capitals under "
+                f"about {capital:.0f} px on the page (about {capital / 300 * 72 / 0.7:.0f} pt "
+                "type) may be missed")
 
 
 def step_down(current: Plan) -> Optional[Plan]:
-    """The next smaller plan (a fifth less detector area, line width and batch width), or None
-    at the floor."""
+    """The next smaller plan (a fifth less detector tile area, line width and batch width; the
+    decode size is kept), or None at the floor."""
     pixels = max(DET_MIN_PIXELS, int(current.det_max_pixels * 0.8))
     width = max(REC_MIN_WIDTH, int(current.rec_max_width * 0.8) // 8 * 8)
     columns = max(width, int(current.rec_max_columns * 0.8))
@@ -138,8 +191,18 @@ def step_down(current: Plan) -> Optional[Plan]:
     return replace(current, det_max_pixels=pixels, rec_max_width=width, rec_max_columns=columns)
 
 
+# measured: capitals 8 px tall at the detector's input were read exactly in 5 of 6 rendered
+# lines (tiny pack) and 6 of 6 (small); at 7 px, 4 of 6
+MIN_CAPITAL_PX = 8
+A4_JPEG_BYTES = 1_500_000
+
+
 def _image_mb(side: int) -> float:
-    return side * side * 3 / _MB
+    return side * side * IMAGE_ASPECT * 3 / _MB
+
+
+def _map_mb(side: int) -> float:
+    return side * side * IMAGE_ASPECT * MAP_BYTES / _MB
 
 
 # --- without a budget: a share of the box --------------------------------------------------
@@ -202,7 +265,8 @@ def _cgroup_max_mb(path: Path) -> Optional[int]:
 def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
     """The memory model for these OCR settings and model files: from the cache, else measured
     in a child."""
-    key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active()}
+    key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active(),
+           "method": MEASURE_METHOD}
     if cache.exists():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("key") == key:

@@ -1,11 +1,11 @@
 """The engine as the daemon runs it: decode limits and pipeline shaped by the RAM plan.
 
-Without a budget it is the configured pipeline. With one, the plan caps the detector's input
-area, the recogniser's line and batch width and the decode size. Before each frame the memory at
-rest is read, the decode is capped by what is left, and the decoder's scratch is handed back
-before the stages run; after each frame the peak is read. When either is above what the plan
-assumed, the plan is made again with less room (never looser); a peak within reach of the
-budget steps it down further. Health says when the plan degraded.
+Without a budget it is the configured pipeline. With one, the plan sets the decode size, the
+detector's tile area (its scale is kept), the recogniser's line and batch width, and the largest
+decode a file may make. The plan is made once at start and kept, so the same image reads the
+same whatever came before it. The decoder's scratch is handed back before the stages run, and
+the peak is read after each frame: only a peak within reach of the budget steps the plan down,
+and that is logged and shown in health.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 from edge.config import ImagesConfig, OcrConfig
 from edge.daemon import allocator, budget
 from edge.daemon.budget import BoxMemory, MemoryReading, Planner
-from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult
 from edge.models.factory import LoadedModels, MemoryCaps, assemble
 from edge.ocr.imageio import ImageLimits, decode_bytes, from_pixels
@@ -27,7 +26,6 @@ from edge.ocr.imageio import ImageLimits, decode_bytes, from_pixels
 log = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
-DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG) plus the file
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,6 @@ class DaemonEngine:
         self.plan = planner.plan() if planner is not None else None
         self.degraded = False
         self._peak_acted_on = 0.0
-        self._unexplained_mb = 0.0
         self._guard, self._guard_pixels = None, 0
         if planner is None and box is not None:
             self._guard_pixels = _decode_pixels(box.limit_mb - budget.read_memory().rss_mb)
@@ -62,21 +59,13 @@ class DaemonEngine:
         self._apply()
 
     def decode(self, raw: Union[bytes, np.ndarray]) -> DecodedImage:
-        """Encoded bytes or camera pixels as engine input, within the decode limits.
-
-        Under a budget the decode cap also follows the memory in use right now: what the
-        process holds at rest can drift above the measured model, and decoding is the moment
-        nothing else is running to make room.
-        """
+        """Encoded bytes or camera pixels as engine input, within the decode limits (under a
+        budget, the plan's: JPEGs are decoded at the reduction that fits)."""
         if self.plan is None:
             return _decode(raw, self._limits)
-        rss_mb = budget.read_memory().rss_mb
-        self._fit_to_rest(rss_mb)
         limits = self._limits
         if not isinstance(raw, np.ndarray):
-            # the decode's cost is measured, not modelled: it needs less headroom
-            room_mb = self.plan.budget_mb * budget.DEGRADE_AT - rss_mb - len(raw) / _MB
-            limits = replace(limits, max_decode_pixels=_decode_pixels(room_mb))
+            limits = replace(limits, max_decode_pixels=self.plan.max_decode_pixels(len(raw)))
         image = _decode(raw, limits)
         # the decoder's scratch (a JPEG decoded at a reduced scale, then resized) would otherwise
         # stay resident under the stages' own peak: measured +15 MB on an A4 scan, for a trim
@@ -85,7 +74,9 @@ class DaemonEngine:
         return image
 
     def __call__(self, image: DecodedImage) -> OcrResult:
-        """Read one image."""
+        """Read one image (under a budget, with detector tiles sized for it)."""
+        if self.plan is not None and not self.degraded:
+            self._fit_tiles(image)
         return self._pipeline(image)
 
     def warm_up(self) -> None:
@@ -106,8 +97,6 @@ class DaemonEngine:
         if self.plan is None or reading.peak_mb <= self._peak_acted_on:
             return reading  # the peak only ever grows: nothing new to learn
         self._peak_acted_on = reading.peak_mb
-        if reading.peak_mb > self.plan.predicted_mb:
-            self._replan(reading)
         if reading.peak_mb > self.plan.budget_mb * budget.DEGRADE_AT:
             self._step_down(reading)
         return reading
@@ -115,7 +104,8 @@ class DaemonEngine:
     def memory(self) -> MemoryStatus:
         """RSS, peak and the plan, for health."""
         reading = budget.read_memory()
-        plan = self.plan.describe() if self.plan else self._guard
+        plan = (f"{self.plan.describe()}; {self._planner.in_words(self.plan)}" if self.plan
+                else self._guard)
         return MemoryStatus(reading.rss_mb, reading.peak_mb,
                             self.plan.budget_mb if self.plan else 0, self.degraded, plan)
 
@@ -124,43 +114,35 @@ class DaemonEngine:
         """Without a budget, what `memory_mb: auto` holds the decode to, in words."""
         return self._guard
 
-    def _fit_to_rest(self, rss_mb: float) -> None:
-        """Plan again before the frame if the process at rest holds more than the model's base."""
-        drift = rss_mb - self._planner.model.base_mb
-        if drift > self._unexplained_mb + 1.0:
-            self._unexplained_mb = drift
-            self._plan_again(f"memory at rest is {drift:.0f} MB above the measured base")
-
-    def _replan(self, reading: MemoryReading) -> None:
-        self._unexplained_mb += reading.peak_mb - self.plan.predicted_mb
-        self._plan_again(f"peak RSS {reading.peak_mb:.0f} MB is "
-                         f"{reading.peak_mb - self.plan.predicted_mb:.0f} MB over the prediction")
-
-    def _plan_again(self, why: str) -> None:
-        try:
-            smaller = budget.tighter(self._planner.plan(self._unexplained_mb), self.plan)
-        except ConfigError:
-            return  # no plan fits any more: the step-down below is all that is left
-        if smaller != self.plan:
-            log.warning("%s: planning again: %s", why, smaller.describe())
-            self.plan, self.degraded = smaller, True
-            self._apply()
+    def _fit_tiles(self, image: DecodedImage) -> None:
+        """Tiles as large as this image leaves room for: a function of its size alone, so the
+        same image reads the same every time."""
+        width, height = self._pipeline.detector.input_size(image.pixels)
+        pixels = self._planner.tile_pixels(self.plan, image.pixels.nbytes, width * height)
+        if pixels != self._tile_pixels:
+            self._tile_pixels = pixels
+            self._pipeline = assemble(self.models, self._ocr, self._caps(pixels))
 
     def _step_down(self, reading: MemoryReading) -> None:
         smaller = budget.step_down(self.plan)
         if smaller is None or smaller == self.plan:
             return
-        log.warning("peak RSS %.0f MB is close to the %d MB budget: stepping down to %s",
-                    reading.peak_mb, self.plan.budget_mb, smaller.describe())
+        log.warning("peak RSS %.0f MB is within %.0f%% of the %d MB budget: stepping down to %s",
+                    reading.peak_mb, (1 - budget.DEGRADE_AT) * 100, self.plan.budget_mb,
+                    smaller.describe())
         self.plan, self.degraded = smaller, True
         self._apply()
+
+    def _caps(self, det_pixels: int) -> MemoryCaps:
+        plan = self.plan
+        return MemoryCaps(det_pixels, plan.rec_max_width, plan.rec_max_columns)
 
     def _apply(self) -> None:
         caps, limits = MemoryCaps(), image_limits(self._images)
         if self.plan is not None:
-            plan = self.plan
-            caps = MemoryCaps(plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns)
-            limits = replace(limits, max_side=min(limits.max_side, plan.image_max_side))
+            self._tile_pixels = self.plan.det_max_pixels
+            caps = self._caps(self.plan.det_max_pixels)
+            limits = replace(limits, max_side=min(limits.max_side, self.plan.image_max_side))
         elif self._guard is not None:
             limits = replace(limits, max_decode_pixels=self._guard_pixels)
         self._limits = limits
@@ -175,7 +157,7 @@ def image_limits(images: ImagesConfig) -> ImageLimits:
 
 def _decode_pixels(room_mb: float) -> int:
     """The most pixels a decode can fill in `room_mb` of memory."""
-    return max(1, int(room_mb * _MB / DECODE_BYTES_PER_PIXEL))
+    return max(1, int(room_mb * _MB / budget.DECODE_BYTES_PER_PIXEL))
 
 
 def _decode(raw: Union[bytes, np.ndarray], limits: ImageLimits) -> DecodedImage:

@@ -41,14 +41,21 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
            for side in (256, 384, 512, 640, 800)]
     # batches of up to four full-width lines, the default batch cap lifted to see the slope
-    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=4 * REC_FULL_WIDTH)).recognizer
-    line = np.full((48, REC_FULL_WIDTH, 3), 255, np.uint8)
-    rec = [(batch * REC_FULL_WIDTH / 1000, _peak_of(lambda: recognizer([line] * batch), base))
-           for batch in (1, 2, 3, 4)]
+    # single lines across the widths a plan uses, then two full-width ones (the default batch
+    # cap lifted to see the slope where the planner works, not only beyond it)
+    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=2 * REC_FULL_WIDTH)).recognizer
+    batches = [[_blank_line(width)] for width in (320, 640, 960, 1280, REC_FULL_WIDTH)]
+    batches.append([_blank_line(REC_FULL_WIDTH)] * 2)
+    rec = [(sum(line.shape[1] for line in batch) / 1000,
+            _peak_of(lambda: recognizer(batch), base)) for batch in batches]
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
                        round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _blank_line(width: int) -> np.ndarray:
+    return np.full((48, width, 3), 255, np.uint8)
 
 
 def _square(image, side: int):

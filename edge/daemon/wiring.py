@@ -110,13 +110,20 @@ def build_engine(config: EdgeConfig, state: Optional[Path] = None) -> DaemonEngi
     if not config.resources.memory_mb:
         return DaemonEngine(load_models(config.ocr, store), config.ocr, config.images)
     # measured before this process loads the models: both copies would count in a cgroup limit
-    memory_model = _memory_model(config, store, state)
-    models = load_models(config.ocr, store)
-    planner = Planner(memory_model, config.resources.memory_mb,
-                      config.ocr.det_limit_side, config.ocr.rec_batch, config.images.max_side)
-    engine = DaemonEngine(models, config.ocr, config.images, planner)
-    log.info("memory model %s; plan: %s", planner.model, engine.plan.describe())
+    planner = build_planner(config, state)
+    engine = DaemonEngine(load_models(config.ocr, store), config.ocr, config.images, planner)
+    log.info("memory model %s; plan: %s; %s", planner.model, engine.plan.describe(),
+             planner.in_words(engine.plan))
     return engine
+
+
+def build_planner(config: EdgeConfig, state: Optional[Path] = None) -> Planner:
+    """The RAM planner for a config with a budget in MB: the pack's memory model (measured
+    once in a child, then cached in `state`) and what the config asks for."""
+    state = state or state_dir(config)
+    memory_model = _memory_model(config, ModelStore(model_dir(config)), state)
+    return Planner(memory_model, config.resources.memory_mb, config.ocr.det_limit_side,
+                   config.ocr.rec_batch, config.images.max_side)
 
 
 def _memory_model(config: EdgeConfig, store: ModelStore, state: Path) -> MemoryModel:

@@ -80,7 +80,8 @@ def result_body(envelope: Envelope, frame: Frame, result: OcrResult) -> dict[str
     """The `results` message (without `seq`, which the outbox assigns)."""
     body = _common(envelope, frame)
     body.update({
-        "image": {"width": result.width, "height": result.height},
+        "image": {"width": result.width, "height": result.height,
+                  "decoded_scale": result.decoded_scale},
         "lines": [{"text": line.text, "score": line.score,
                    "box": [[x, y] for x, y in line.box]} for line in result.lines],
         "text": result.text,

@@ -1,7 +1,15 @@
-"""DB text detection: image in, 4-point text boxes out (in the pixels of the image given)."""
+"""DB text detection: image in, 4-point text boxes out (in the pixels of the image given).
+
+Under a RAM budget the model's input area is capped (`max_pixels`), but the scale is not: an
+image whose input would be larger is run through the model in overlapping tiles at the same
+scale, and the tiles' probability maps are stitched into one map before boxes are traced, so a
+line that crosses a tile border comes back once and whole. Each pixel of the map comes from
+the tile in which it lies farthest from a cut edge (at least `TILE_MARGIN` pixels from it).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -13,6 +21,7 @@ Model = Callable[[np.ndarray], np.ndarray]
 # model metadata naming the (scale, zero point) of a model that takes its input quantized
 INPUT_QUANTIZATION = "edge-ocr.input_quantization"
 _DILATION = np.ones((2, 2), np.uint8)
+TILE_MARGIN = 32  # model-input pixels of context kept on each side of a cut between tiles
 
 
 @dataclass(frozen=True)
@@ -20,8 +29,8 @@ class DetectorSettings:
     """Pre- and post-processing of the DB detector.
 
     `min_side` upscales small images until their shorter side reaches it (small print is found
-    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side, as
-    does `max_pixels`, a cap on the input's area that a RAM budget sets;
+    more reliably); `limit_side` caps the longest side fed to the model and wins over min_side;
+    `max_pixels`, a cap on the area of one model run that a RAM budget sets, tiles the input;
     `thresh` binarises the probability map; `box_thresh` drops boxes whose mean probability is
     lower; `unclip_ratio` grows each shrunk text kernel back to the whole line.
     `input_quantization` is the (scale, zero point) of a model that takes its input already
@@ -56,9 +65,10 @@ class Detector:
                                            *settings.input_quantization))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Detect text in a BGR image."""
-        tensor, scale_x, scale_y = self.preprocess(image)
-        boxes = self._boxes(self._model(tensor)[0, 0])
+        """Detect text in a BGR (or single-channel) image."""
+        width, height = self.input_size(image)
+        scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
+        boxes = self._boxes(self._probability_map(image, width, height))
         if len(boxes):
             boxes[:, :, 0] = np.clip(boxes[:, :, 0] * scale_x, 0, image.shape[1] - 1)
             boxes[:, :, 1] = np.clip(boxes[:, :, 1] * scale_y, 0, image.shape[0] - 1)
@@ -70,65 +80,139 @@ class Detector:
         return self._settings.thresh
 
     def probability(self, image: np.ndarray) -> np.ndarray:
-        """The model's text probability map for a BGR image (at the model's input size)."""
-        return self._model(self.preprocess(image)[0])[0, 0]
+        """The model's text probability map for a BGR image (at the model's input size), as
+        float32 in [0, 1]."""
+        prob = self._probability_map(image, *self.input_size(image))
+        return prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Resize to multiples of `multiple` within `limit_side`, normalise; NCHW float32, or
-        NCHW uint8 for a model that takes its input quantized."""
+        NCHW uint8 for a model that takes its input quantized (one tensor, never tiled)."""
+        width, height = self.input_size(image)
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return self._tensor(resized), image.shape[1] / width, image.shape[0] / height
+
+    def tiles(self, image: np.ndarray) -> int:
+        """How many model runs the image takes (1 unless `max_pixels` makes it tile)."""
+        width, height = self.input_size(image)
+        return tile_count(width, height, self._settings.max_pixels, self._settings.multiple)
+
+    def input_size(self, image: np.ndarray) -> tuple[int, int]:
+        """(width, height) at the model's scale: multiples of `multiple` within the limits."""
         height, width = image.shape[:2]
         ratio = max(1.0, self._settings.min_side / min(height, width))
         ratio = min(ratio, self._settings.limit_side / max(height, width))
-        if self._settings.max_pixels:
-            ratio = min(ratio, math.sqrt(self._settings.max_pixels / (height * width)))
-        new_h = self._round(height * ratio)
-        new_w = self._round(width * ratio)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        return self._round(width * ratio), self._round(height * ratio)
+
+    def _probability_map(self, image: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The map for the whole image at (width, height): one model run, or stitched tiles.
+        A tile is resampled from the image itself, so no copy of the whole image at the model's
+        scale is made."""
+        cap = self._settings.max_pixels
+        if not cap or height * width <= cap:
+            resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+            return self._model(self._tensor(resized))[0, 0]
+        prob = np.empty((height, width), np.uint8)  # a quarter of float32's size, 1/255 steps
+        tile_h, tile_w = _tile_shape(height, width, cap, self._settings.multiple)
+        scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
+        for (y0, y1, keep_y), (x0, x1, keep_x) in itertools.product(
+                _spans(height, tile_h), _spans(width, tile_w)):
+            # the tile's pixels sampled where a resize of the whole image would sample them
+            to_source = np.float32([[scale_x, 0, (x0 + 0.5) * scale_x - 0.5],
+                                    [0, scale_y, (y0 + 0.5) * scale_y - 0.5]])
+            tile = cv2.warpAffine(image, to_source, (x1 - x0, y1 - y0),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+            part = self._model(self._tensor(tile))[0, 0]
+            kept = part[keep_y[0] - y0:keep_y[1] - y0, keep_x[0] - x0:keep_x[1] - x0]
+            prob[keep_y[0]:keep_y[1], keep_x[0]:keep_x[1]] = np.rint(kept * 255.0)
+        return prob
+
+    def _tensor(self, resized: np.ndarray) -> np.ndarray:
+        """NCHW float32, normalised, or NCHW uint8 for a model that takes its input quantized;
+        a single-channel image is repeated into the three channels."""
+        new_h, new_w = resized.shape[:2]
+        planes = [resized] * 3 if resized.ndim == 2 else cv2.split(resized)
         if self._table is not None:
             # normalising and quantizing map each 8-bit value to one 8-bit value: a table
             # look-up per channel, and no float32 copy of the image (four times its size)
             tensor = np.empty((1, 3, new_h, new_w), np.uint8)
-            for channel, plane in enumerate(cv2.split(resized)):
-                cv2.LUT(plane, self._table[channel], dst=tensor[0, channel])
-            return tensor, width / new_w, height / new_h
+            for channel, plane in enumerate(planes):
+                cv2.LUT(np.ascontiguousarray(plane), self._table[channel],
+                        dst=tensor[0, channel])
+            return tensor
         # one channel plane at a time, straight into a contiguous NCHW tensor: no float copies
         # of the whole image on the way (they were the largest allocations outside the model)
         tensor = np.empty((1, 3, new_h, new_w), np.float32)
-        for channel in range(3):
+        for channel, source in enumerate(planes):
             plane = tensor[0, channel]
-            np.subtract(resized[:, :, channel], self._offset[channel], out=plane)
+            np.subtract(source, self._offset[channel], out=plane)
             plane *= self._factor[channel]
-        return tensor, width / new_w, height / new_h
+        return tensor
 
     def _round(self, side: float) -> int:
         multiple = self._settings.multiple
         return max(multiple, int(round(side / multiple)) * multiple)
 
     def _boxes(self, prob: np.ndarray) -> np.ndarray:
+        """Boxes traced on a probability map: float in [0, 1], or uint8 in 1/255 steps."""
         settings = self._settings
-        bitmap = (prob > settings.thresh).astype(np.uint8)
+        unit = 255.0 if prob.dtype == np.uint8 else 1.0
+        bitmap = (prob > settings.thresh * unit).astype(np.uint8)
         if settings.dilate:  # joins kernels split by a thin gap, and widens boxes by a pixel
             bitmap = cv2.dilate(bitmap, _DILATION)
         contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         boxes = []
         for contour in contours[: settings.max_candidates]:
-            box = self._box_from_contour(contour, prob)
+            box = self._box_from_contour(contour, prob, unit)
             if box is not None:
                 boxes.append(box)
         return np.array(boxes, np.float32).reshape(-1, 4, 2)
 
-    def _box_from_contour(self, contour: np.ndarray, prob: np.ndarray) -> np.ndarray | None:
+    def _box_from_contour(self, contour: np.ndarray, prob: np.ndarray, unit: float
+                          ) -> np.ndarray | None:
         settings = self._settings
         center, (w, h), angle = cv2.minAreaRect(contour)
         if min(w, h) < settings.min_box_side:
             return None
-        if _mean_inside(prob, cv2.boxPoints((center, (w, h), angle))) < settings.box_thresh:
+        mean = _mean_inside(prob, cv2.boxPoints((center, (w, h), angle))) / unit
+        if mean < settings.box_thresh:
             return None
         grow = w * h * settings.unclip_ratio / (2.0 * (w + h))
         w, h = w + 2 * grow, h + 2 * grow
         if min(w, h) < settings.min_box_side + 2:
             return None
         return order_clockwise(cv2.boxPoints((center, (w, h), angle)))
+
+
+def tile_count(width: int, height: int, cap: int, multiple: int = 32) -> int:
+    """Model runs for an input of width x height under a tile area cap (0: no cap)."""
+    if not cap or width * height <= cap:
+        return 1
+    tile_h, tile_w = _tile_shape(height, width, cap, multiple)
+    return len(_spans(height, tile_h)) * len(_spans(width, tile_w))
+
+
+def _tile_shape(height: int, width: int, cap: int, multiple: int) -> tuple[int, int]:
+    """Full-width strips when a strip can keep margins around a useful core, else squares."""
+    smallest = 4 * TILE_MARGIN
+    strip = cap // width // multiple * multiple
+    if strip >= smallest:
+        return min(strip, height), width
+    side = max(smallest, int(math.sqrt(cap)) // multiple * multiple)
+    return min(side, height), min(side, width)
+
+
+def _spans(length: int, tile: int) -> list[tuple[int, int, tuple[int, int]]]:
+    """Tiles of `tile` covering `length`, overlapping by at least 2 * TILE_MARGIN: each as
+    (start, end, (first, last) of the part it is kept for). Starts are multiples of the tile's
+    step; the last tile ends at `length`."""
+    if tile >= length:
+        return [(0, length, (0, length))]
+    step = tile - 2 * TILE_MARGIN
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    cuts = [0] + [(nxt + start + tile) // 2 for start, nxt in zip(starts, starts[1:])] + [length]
+    return [(start, start + tile, (cuts[i], cuts[i + 1])) for i, start in enumerate(starts)]
 
 
 def input_quantization(metadata: dict) -> Optional[tuple[float, int]]:

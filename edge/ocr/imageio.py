@@ -94,6 +94,9 @@ def decode_file(path: Path, limits: ImageLimits) -> DecodedImage:
 
 def decode_bytes(data: bytes, limits: ImageLimits) -> DecodedImage:
     """Decode image bytes within `limits`: probe, refuse bombs, reduce, check completeness."""
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"file is {len(data)} bytes, over the {limits.max_bytes}-byte "
+                                 "limit")
     header = probe(data)
     pixels = header.width * header.height
     if pixels > limits.max_pixels:
@@ -102,7 +105,8 @@ def decode_bytes(data: bytes, limits: ImageLimits) -> DecodedImage:
             f"over the {limits.max_pixels}-pixel limit")
     if header.format == "jpeg" and not _jpeg_is_complete(data):
         raise ImageUnreadableError("truncated JPEG: no end-of-image marker")
-    factor = _reduction(header, limits) if header.format == "jpeg" else 1
+    factor = (jpeg_reduction(header.width, header.height, limits)
+              if header.format == "jpeg" else 1)
     decoded_pixels = (header.width // factor) * (header.height // factor)
     if limits.max_decode_pixels and decoded_pixels > limits.max_decode_pixels:
         raise ImageTooLargeError(
@@ -136,10 +140,10 @@ def _upright_size(header: ImageHeader, image: np.ndarray) -> tuple[int, int]:
     return (header.height, header.width) if turned < kept else (header.width, header.height)
 
 
-def _reduction(header: ImageHeader, limits: ImageLimits) -> int:
+def jpeg_reduction(width: int, height: int, limits: ImageLimits) -> int:
     """Largest JPEG reduction (1, 2, 4, 8) that keeps the longest side at or above max_side,
     raised further while the decoded pixels would exceed the decode cap."""
-    longest, pixels = max(header.width, header.height), header.width * header.height
+    longest, pixels = max(width, height), width * height
     factor = 1
     while factor < 8 and longest // (factor * 2) >= limits.max_side:
         factor *= 2

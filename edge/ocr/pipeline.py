@@ -57,7 +57,8 @@ class OcrPipeline:
             TextLine(_to_original(quad, image.scale), reading.text, round(reading.score, 4))
             for quad, reading in zip(quads, readings)
             if reading.text.strip() and reading.score >= self._min_score)
-        return OcrResult(image.original_width, image.original_height, lines, timings)
+        return OcrResult(image.original_width, image.original_height, lines, timings,
+                         round(1.0 / image.scale, 4))
 
 
 def reading_order(quads: np.ndarray) -> np.ndarray:
