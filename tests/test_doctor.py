@@ -46,3 +46,17 @@ def test_memory_controller_on_cgroup_v1_is_read_from_proc_cgroups(tmp_path):
     assert check_memory_controller(EdgeConfig(), missing, cgroups).level == "warn"
     cgroups.write_text("#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t1\t1\n")
     assert check_memory_controller(EdgeConfig(), missing, cgroups).level == "ok"
+
+
+def test_doctor_and_check_config_say_what_the_ram_budget_costs(tmp_path):
+    config = tmp_path / "pi.yaml"
+    config.write_text("ocr:\n  pack: ppocr-v6-tiny\n  charset: latin\nimages:\n  max_side: 1700\n"
+                      f"resources:\n  memory_mb: 160\npaths:\n  state_dir: {tmp_path / 'state'}\n")
+    doctor = run_cli("doctor", "--config", str(config)).stdout.splitlines()
+    plan = next(line for line in doctor if line.startswith("ok    RAM plan: budget 160 MB"))
+    assert "images decoded to 1700 px" in plan and "an A4 page at 300 dpi" in plan
+    assert "RAM plan: budget 160 MB" in run_cli("check-config", str(config)).stdout
+    auto = tmp_path / "auto.yaml"
+    auto.write_text(f"paths:\n  state_dir: {tmp_path / 'state'}\n")
+    assert "ok    RAM: no budget (auto): an image is decoded only if it fits in" in \
+        run_cli("doctor", "--config", str(auto)).stdout

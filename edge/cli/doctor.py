@@ -37,7 +37,8 @@ class Finding:
 def run_checks(config: EdgeConfig) -> Iterator[Finding]:
     """Every check, in the order a person would fix them."""
     checks: list[Callable[[EdgeConfig], Finding | list[Finding]]] = [
-        check_models, check_cpu, check_precision, check_memory_controller, check_spool, check_disk,
+        check_models, check_cpu, check_precision, check_memory_plan, check_memory_controller,
+        check_spool, check_disk,
         check_broker, check_cameras]
     for check in checks:
         try:
@@ -109,6 +110,24 @@ def check_precision(config: EdgeConfig) -> Finding:
     if device == "cuda":
         return Finding("ok", "precision", seen)
     return Finding("warn", "precision", seen, f"edge-ocr models measure {ocr.pack}")
+
+
+def check_memory_plan(config: EdgeConfig) -> Finding:
+    """What resources.memory_mb costs, in words: the plan for a budget, the guard for auto."""
+    budget_mb = config.resources.memory_mb
+    if budget_mb == "auto":
+        from edge.daemon.budget import box_memory
+
+        box = box_memory()
+        return Finding("ok", "RAM", f"no budget (auto): an image is decoded only if it fits in "
+                                    f"{box.limit_mb} MB ({box.source})")
+    if not budget_mb:
+        return Finding("ok", "RAM", "no budget (memory_mb: 0): images are not held to any size")
+    from edge.daemon.wiring import build_planner
+
+    planner = build_planner(config)
+    plan = planner.plan()
+    return Finding("ok", "RAM plan", f"{plan.describe()}; {planner.in_words(plan)}")
 
 
 def check_memory_controller(config: EdgeConfig,
