@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from arm64_root import Arm64Root, elf_machine, record_step, signal_inside
+from arm64_root import Arm64Root, Booted, elf_machine, record_step, signal_inside
 from daemon_kit import Broker, Subscriber, wait_for
 from edge.cli.evaluate import polygon_iou
 from edge.config import default_model_dir
