@@ -7,6 +7,7 @@ that the predicted peak fits; the engine plans again when the real peak disagree
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ MAP_BYTES = 2  # per detector-input pixel of a whole tiled image: the stitched m
 _SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
-MEASURE_METHOD = 2  # raised whenever memprobe measures differently: cached models are redone
+MEASURE_METHOD = 3  # raised whenever memprobe measures differently: cached models are redone
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
     """
     usable = budget_mb * HEADROOM - model.base_mb
     sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
-    for side, min_width in [*((s, REC_GOOD_WIDTH) for s in sides), (sides[-1], REC_MIN_WIDTH)]:
+    for min_width, side in itertools.product((REC_GOOD_WIDTH, REC_MIN_WIDTH), sides):
         stages = _stages(model, usable - _image_mb(side), wanted_side, wanted_batch, min_width)
         if stages is not None:
             det_pixels, rec_width, columns, stage_mb = stages

@@ -41,17 +41,21 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
            for side in (256, 384, 512, 640, 800)]
     # batches of up to four full-width lines, the default batch cap lifted to see the slope
-    # single lines across the widths a plan uses, then two full-width ones (the default batch
-    # cap lifted to see the slope where the planner works, not only beyond it)
-    recognizer = assemble(models, config, MemoryCaps(rec_max_columns=2 * REC_FULL_WIDTH)).recognizer
-    batches = [[_blank_line(width)] for width in (320, 640, 960, 1280, REC_FULL_WIDTH)]
-    batches.append([_blank_line(REC_FULL_WIDTH)] * 2)
-    rec = [(sum(line.shape[1] for line in batch) / 1000,
-            _peak_of(lambda: recognizer(batch), base)) for batch in batches]
+    # a page's worth of lines of assorted widths, read in batches under several column caps:
+    # the batches follow one another as on a real page, so what the heap keeps between them
+    # counts too
+    lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
+    rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
+           for columns in (400, 800, 1600, 3200)]
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
                        round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _recognizer(models, config: OcrConfig, columns: int):
+    caps = MemoryCaps(rec_max_width=min(columns, REC_FULL_WIDTH), rec_max_columns=columns)
+    return assemble(models, config, caps).recognizer
 
 
 def _blank_line(width: int) -> np.ndarray:
