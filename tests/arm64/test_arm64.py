@@ -49,6 +49,7 @@ AARCH64 = 183  # ELF e_machine
 # Same bars as the amd64 engine tests (tests/test_engine.py).
 READ_FRACTION = {"ppocr-v6-small": 0.85, "ppocr-v6-tiny": 0.75}
 PAGE_SEEDS = (100, 101)
+BY_HAND = "/srv/by-hand"  # the daemon's folders when a test runs it as root, without systemd
 
 
 def small_page(seed: int):
@@ -144,13 +145,19 @@ def configure(root: Arm64Root, broker_port: int, under_systemd: bool = False) ->
     config = yaml.safe_load((root.root / "root/edge-ocr/config/examples/pi-tiny.yaml").read_text())
     config.update({
         "device_id": "arm64-test",
-        "sources": {"folders": [{"path": "/var/spool/edge-ocr", "settle_seconds": 0.5}]},
+        "sources": {"folders": [{"path": spool(under_systemd), "settle_seconds": 0.5}]},
         "mqtt": {"host": "127.0.0.1", "port": broker_port},
         "models": {"dir": MODELS},
         "health": {"interval_seconds": 5}})
-    if not under_systemd:
-        config["paths"] = {"state_dir": "/var/lib/edge-ocr", "runtime_dir": "/run/edge-ocr-test"}
+    if not under_systemd:  # run by hand as root: folders of its own, not the service's
+        config["paths"] = {"state_dir": f"{BY_HAND}/state", "runtime_dir": f"{BY_HAND}/run"}
+        (root.root / spool(False).lstrip("/")).mkdir(parents=True, exist_ok=True)
     (root.root / "etc/edge-ocr/edge-ocr.yaml").write_text(yaml.safe_dump(config))
+
+
+def spool(under_systemd: bool) -> str:
+    """The service's spool folder, or the one of the daemon run by hand."""
+    return "/var/spool/edge-ocr" if under_systemd else f"{BY_HAND}/spool"
 
 
 def test_install_sh_builds_the_venv_and_keeps_the_verified_packs(installed, copied_packs):
@@ -261,7 +268,7 @@ def test_daemon_publishes_schema_valid_results_and_exits_0_on_sigterm(installed,
             expected = [line.text for line in small_page(seed).lines]
             assert sum(text in body["text"].splitlines() for text in expected) >= \
                 len(expected) * READ_FRACTION["ppocr-v6-tiny"], body["text"]
-        assert not any((root.root / "var/spool/edge-ocr").glob("spool*.png"))
+        assert not any((root.root / spool(False).lstrip("/")).glob("spool*.png"))
         signal_inside(daemon, "edge-ocr run")
         assert daemon.wait(timeout=300) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
         wait_for(lambda: subscriber.on("status")[-1].json()["state"] == "stopped", 30,
@@ -273,11 +280,12 @@ def test_daemon_publishes_schema_valid_results_and_exits_0_on_sigterm(installed,
         subscriber.close()
 
 
-def drop(root: Arm64Root, name: str, seed: int) -> None:
+def drop(root: Arm64Root, name: str, seed: int, under_systemd: bool = False) -> None:
     """Write a rendered page beside the spool, then rename it in, as a producer would."""
-    staging = root.root / "var/spool" / f".{name}"
+    folder = root.root / spool(under_systemd).lstrip("/")
+    staging = folder.parent / f".{name}"
     staging.write_bytes(cv2.imencode(".png", small_page(seed).image)[1].tobytes())
-    os.rename(staging, root.root / "var/spool/edge-ocr" / name)
+    os.rename(staging, folder / name)
 
 
 # What qemu-user cannot do for a unit (systemd 252 as PID 1 under Debian bookworm's qemu-user
@@ -319,7 +327,7 @@ def test_boot_under_emulation_reaches_ready_reads_a_dropped_image_and_powers_off
                          "User": "edge-ocr"}
 
         started = time.monotonic()
-        drop(root, "after-boot.png", PAGE_SEEDS[0])
+        drop(root, "after-boot.png", PAGE_SEEDS[0], under_systemd=True)
         wait_for(lambda: "after-boot.png" in subscriber.results_by_item(), 900, "a result")
         record_step("a dropped image to its result under systemd", time.monotonic() - started)
         body = subscriber.results_by_item()["after-boot.png"]
