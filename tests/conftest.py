@@ -11,7 +11,7 @@ import zlib
 import cv2
 import pytest
 
-from daemon_kit import Broker
+from daemon_kit import Broker, Daemon
 from edge.config import OcrConfig, default_model_dir
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
@@ -85,6 +85,23 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
                           text=True, env=full_env, timeout=300)
+
+
+@pytest.fixture
+def run_daemon(tmp_path):
+    """Starts `edge-ocr run` children, each in a folder of its own (daemon0, daemon1, ...);
+    whatever still runs at the end is killed."""
+    started: list[Daemon] = []
+
+    def start(port: int, **settings) -> Daemon:
+        daemon = Daemon(tmp_path / f"daemon{len(started)}", port, settings).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.alive():
+            daemon.kill()
 
 
 @pytest.fixture

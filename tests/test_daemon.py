@@ -30,21 +30,6 @@ def jpeg(seed: int, **size) -> bytes:
                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
 
 
-@pytest.fixture
-def run_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    def start(port: int, **settings) -> Daemon:
-        daemon = Daemon(tmp_path / f"daemon{len(started)}", port, settings).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.alive():
-            daemon.kill()
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_dropped_images_arrive_as_valid_results_and_the_spool_empties(broker, run_daemon,
                                                                       protocol):

@@ -33,21 +33,6 @@ def jpeg(seed: int) -> bytes:
 
 
 @pytest.fixture
-def daemons(tmp_path):
-    started: list[Daemon] = []
-
-    def start(port: int, name: str = "daemon", **settings) -> Daemon:
-        daemon = Daemon(tmp_path / name, port, settings).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.alive():
-            daemon.kill()
-
-
-@pytest.fixture
 def small_disk(tmp_path):
     """A 3 MB tmpfs, mounted for the test; yields a callable that fills it (and the filler)."""
     if os.geteuid() != 0:
@@ -87,9 +72,9 @@ def health(subscriber: Subscriber) -> dict:
 
 
 def test_file_names_up_to_the_longest_the_file_system_allows_are_read_and_reported(
-        broker, daemons):
+        broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port)
+    daemon = run_daemon(broker.port)
     daemon.wait_ready(subscriber)
     names = ["r" * 236 + ".jpg", "s" * 251 + ".jpg", "ü" * 125 + "t.jpg"]  # 240-255 bytes
     for seed, name in enumerate(names):
@@ -107,9 +92,9 @@ def test_file_names_up_to_the_longest_the_file_system_allows_are_read_and_report
     assert daemon.terminate()[0] == 0
 
 
-def test_retry_failed_brings_a_long_named_file_back_under_its_own_name(broker, daemons):
+def test_retry_failed_brings_a_long_named_file_back_under_its_own_name(broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port)
+    daemon = run_daemon(broker.port)
     daemon.wait_ready(subscriber)
     broken = "c" * 251 + ".jpg"
     daemon.drop(broken, b"\xff\xd8\xff\xd9")
@@ -121,9 +106,9 @@ def test_retry_failed_brings_a_long_named_file_back_under_its_own_name(broker, d
 
 
 def test_a_full_state_disk_pauses_intake_without_a_hot_loop_and_resumes_by_itself(
-        broker, daemons, small_disk):
+        broker, run_daemon, small_disk):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port, paths={"state_dir": str(small_disk / "state")})
+    daemon = run_daemon(broker.port, paths={"state_dir": str(small_disk / "state")})
     daemon.wait_ready(subscriber)
     filler = fill(small_disk)
     names = [f"receipt-{i}.jpg" for i in range(3)]
@@ -155,10 +140,10 @@ def test_a_full_state_disk_pauses_intake_without_a_hot_loop_and_resumes_by_itsel
 
 
 def test_acknowledgements_on_a_full_disk_still_empty_the_outbox_and_nothing_is_sent_twice(
-        broker, daemons, small_disk):
+        broker, run_daemon, small_disk):
     subscriber = Subscriber(broker.port, client_id="durable", persistent=True)
     broker.stop()
-    daemon = daemons(broker.port, paths={"state_dir": str(small_disk / "state")})
+    daemon = run_daemon(broker.port, paths={"state_dir": str(small_disk / "state")})
     names = [f"scan-{i}.jpg" for i in range(8)]
     for i, name in enumerate(names):
         daemon.drop(name, jpeg(80 + i))
@@ -184,9 +169,9 @@ def test_acknowledgements_on_a_full_disk_still_empty_the_outbox_and_nothing_is_s
     subscriber.close()
 
 
-def test_a_crash_loop_counts_an_attempt_only_for_the_file_being_read(broker, daemons):
+def test_a_crash_loop_counts_an_attempt_only_for_the_file_being_read(broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port)
+    daemon = run_daemon(broker.port)
     names = [f"receipt-{i}.jpg" for i in range(6)]
     for i, name in enumerate(names):
         daemon.drop(name, jpeg(120 + i))
@@ -210,10 +195,10 @@ def test_a_crash_loop_counts_an_attempt_only_for_the_file_being_read(broker, dae
             daemon.kill()
 
 
-def test_a_file_written_in_pieces_is_read_once_whole(tmp_path, broker, daemons):
+def test_a_file_written_in_pieces_is_read_once_whole(tmp_path, broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    spool = tmp_path / "daemon" / "spool"
-    daemon = daemons(broker.port, sources={"folders": [{"path": str(spool),
+    spool = tmp_path / "daemon0" / "spool"
+    daemon = run_daemon(broker.port, sources={"folders": [{"path": str(spool),
                                                         "settle_seconds": 30}]})
     daemon.wait_ready(subscriber)
     data = jpeg(140)
@@ -233,9 +218,9 @@ def test_a_file_written_in_pieces_is_read_once_whole(tmp_path, broker, daemons):
 
 
 def test_shutdown_is_logged_as_such_and_a_wildcard_response_topic_gets_an_error_reply(
-        broker, daemons):
+        broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port)
+    daemon = run_daemon(broker.port)
     daemon.wait_ready(subscriber)
     subscriber.publish("edge-ocr/test-box/cmd/status", b"", response_topic="replies/#",
                        correlation=b"wild")
@@ -258,9 +243,9 @@ def test_watchdogs_stop_race_line_is_not_passed_on(caplog):
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
-def test_the_readmes_command_line_request_gets_its_reply(tmp_path, broker, daemons):
+def test_the_readmes_command_line_request_gets_its_reply(tmp_path, broker, run_daemon):
     subscriber = Subscriber(broker.port)
-    daemon = daemons(broker.port)
+    daemon = run_daemon(broker.port)
     daemon.wait_ready(subscriber)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg(150))

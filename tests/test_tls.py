@@ -120,21 +120,6 @@ def tls_broker(tmp_path, certs):
 
 
 @pytest.fixture
-def run_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    def start(port: int, **settings) -> Daemon:
-        daemon = Daemon(tmp_path / f"daemon{len(started)}", port, settings).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.alive():
-            daemon.kill()
-
-
-@pytest.fixture
 def subscribe():
     made: list[Subscriber] = []
 
