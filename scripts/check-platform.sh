@@ -24,5 +24,5 @@ case "$userland:$machine:$bits" in
     refuse "this is a 32-bit x86 system (${userland:-?}, ${machine})." \
       "Install a 64-bit (amd64) Debian and run this again." ;;
   amd64:*|arm64:*|:x86_64:64|:aarch64:64) ;;
-  *) echo "edge-ocr: ${userland:-$machine} is not a tested architecture (amd64, arm64); going on" >&2 ;;
+  *) echo "edge-ocr: ${userland:-$machine} is not a tested architecture; going on" >&2 ;;
 esac

@@ -2,8 +2,8 @@
 
 Each variant's whole pipeline reads one rendered page once to warm up (its lines and detector
 map are compared with fp32's), then the variants read it `runs` times each, in turns; the
-fastest detector and recogniser times are recorded (the least disturbed by other work). The record's format and the rule that reads it are in
-`edge.models.choice`.
+fastest detector and recogniser times are recorded (the least disturbed by other work). The
+record's format and the rule that reads it are in `edge.models.choice`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from edge.config import OcrConfig
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
-from edge.models.choice import BOUND, FILENAME, SCHEMA, Measurement, pick, read_measurement
-from edge.models.choice import applies, this_machine
+from edge.models.choice import (BOUND, FILENAME, SCHEMA, Measurement, applies, pick,
+                                read_measurement, this_machine)
 from edge.models.factory import LoadedEngine, build_pipeline
 from edge.models.store import ModelStore
 
