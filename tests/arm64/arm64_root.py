@@ -80,6 +80,9 @@ def base_root() -> Path:
                    check=True, stdout=subprocess.DEVNULL)
     os.rename(staging, rootfs)
     record_step("debootstrap (arm64 root, cached)", time.monotonic() - started)
+    for stale in CACHE.glob("rootfs-*"):  # roots built from an older recipe
+        if stale != rootfs:
+            shutil.rmtree(stale, ignore_errors=True)
     return rootfs
 
 
