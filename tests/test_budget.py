@@ -189,7 +189,7 @@ def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):
     model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=1.3, det_mb_per_mpx=69.6,
                         rec_fixed_mb=3.8, rec_mb_per_kcol=7.3)  # the tiny pack's, measured
     engine = DaemonEngine(models, ocr, images,
-                          Planner(model, int((model.base_mb + 25) / HEADROOM), 1280, 2, 1700))
+                          Planner(model, int((model.base_mb + 120) / HEADROOM), 1280, 2, 1700))
 
     def read(order):
         texts = {}

@@ -141,7 +141,6 @@ def test_a_full_state_disk_pauses_intake_without_a_hot_loop_and_resumes_by_itsel
 
 def test_acknowledgements_on_a_full_disk_still_empty_the_outbox_and_nothing_is_sent_twice(
         broker, run_daemon, small_disk):
-    subscriber = Subscriber(broker.port, client_id="durable", persistent=True)
     broker.stop()
     daemon = run_daemon(broker.port, paths={"state_dir": str(small_disk / "state")})
     names = [f"scan-{i}.jpg" for i in range(8)]
@@ -152,7 +151,8 @@ def test_acknowledgements_on_a_full_disk_still_empty_the_outbox_and_nothing_is_s
     wait_for(lambda: not daemon.spool_files(), 10, "the spool to empty")
     filler = fill(small_disk)
     broker.start()
-    wait_for(lambda: set(subscriber.results_by_item()) == set(names), 60, "all 8 results")
+    subscriber = Subscriber(broker.port)  # subscribed before the daemon's next reconnect try
+    wait_for(lambda: set(subscriber.results_by_item()) == set(names), 90, "all 8 results")
     wait_for(lambda: outbox_depth(outbox) == 0, 30, "the outbox to empty on a full disk")
     filler.unlink()
     wal = outbox.with_name("outbox.db-wal")

@@ -266,8 +266,6 @@ def test_wrong_ca_is_logged_once_and_the_result_waits_in_the_outbox(certs, tls_b
     assert len(failures) == 1, log
     assert failures[0].startswith("ERROR ") and f"127.0.0.1:{broker.tls_port}" in failures[0]
     assert broker.log_text().count("unknown ca") >= 3, "too few retries to prove anything"
-    # the status line systemd shows (`systemctl status`) says why the broker is out of reach
-    assert "broker disconnected (TLS: certificate verify failed" in log
 
 
 def test_missing_client_certificate_is_logged_once(certs, tls_broker, run_daemon):

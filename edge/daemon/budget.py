@@ -145,9 +145,11 @@ class Planner:
     wanted_batch: int
     wanted_image_side: int
 
-    def plan(self) -> Plan:
-        """The plan for the budget; made once at start and kept."""
-        return plan(self.model, self.budget_mb, self.wanted_side, self.wanted_batch,
+    def plan(self, drift_mb: float = 0.0) -> Plan:
+        """The plan for the budget, made at start; made again (only ever tighter) when the
+        process at rest holds `drift_mb` more than the measured base."""
+        model = replace(self.model, base_mb=self.model.base_mb + drift_mb)
+        return plan(model, self.budget_mb, self.wanted_side, self.wanted_batch,
                     self.wanted_image_side)
 
     def tile_pixels(self, plan: Plan, image_bytes: int, input_pixels: int) -> int:
@@ -178,6 +180,19 @@ class Planner:
                 f"tall and detected in {tile_count(det_w, det_h, tile)} tile(s); capitals under "
                 f"about {capital:.0f} px on the page (about {capital / 300 * 72 / 0.7:.0f} pt "
                 "type) may be missed")
+
+
+def caps(plan: Plan) -> tuple[int, int, int, int]:
+    """What a plan holds the stages to (its prediction aside)."""
+    return plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns, plan.image_max_side
+
+
+def tighter(new: Plan, current: Plan) -> Plan:
+    """`new`, but never looser than `current` in any cap (earlier step-downs stand)."""
+    return replace(new, det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
+                   rec_max_width=min(new.rec_max_width, current.rec_max_width),
+                   rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
+                   image_max_side=min(new.image_max_side, current.image_max_side))
 
 
 def step_down(current: Plan) -> Optional[Plan]:
