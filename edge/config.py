@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from edge.errors import ConfigError
 
@@ -85,6 +86,60 @@ class FolderSource(_Section):
                                         "long (network shares send no close-write event)")
 
 
+MAX_FRAME_SIDE = 16384  # pixels; no camera frame is wider or taller
+Pixel = Annotated[int, Field(ge=0, le=MAX_FRAME_SIDE)]
+
+
+class CameraRegion(_Section):
+    """The part of a camera's frame that is read, in pixels of the full frame: a rectangle
+    (`x`, `y`, `width`, `height`) or a `polygon`. Only this part is watched for change and read;
+    boxes are still reported in full-frame pixels."""
+
+    x: Optional[Pixel] = Field(None, description="rectangle: left edge, pixels from the left")
+    y: Optional[Pixel] = Field(None, description="rectangle: top edge, pixels from the top")
+    width: Optional[int] = Field(None, ge=8, le=MAX_FRAME_SIDE, description="rectangle: width")
+    height: Optional[int] = Field(None, ge=8, le=MAX_FRAME_SIDE, description="rectangle: height")
+    polygon: Optional[list[tuple[Pixel, Pixel]]] = Field(
+        None, max_length=64, description="or 3-64 [x, y] corners, in order around the area; "
+                                         "what lies outside it is hidden before reading")
+
+    @field_validator("polygon")
+    @classmethod
+    def _is_an_area(cls, value: Optional[list[tuple[int, int]]]):
+        if value is None:
+            return value
+        if len(value) < 3:
+            raise ValueError(f"a polygon needs at least 3 [x, y] points, not {len(value)}")
+        if polygon_area(value) < 1.0:
+            raise ValueError("the polygon's points enclose no area (all on one line?)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "CameraRegion":
+        given = [name for name in ("x", "y", "width", "height") if getattr(self, name) is not None]
+        if self.polygon is not None and given:
+            raise ValueError("give either x, y, width and height (a rectangle) or polygon, "
+                             f"not both (found polygon and {', '.join(given)})")
+        if self.polygon is None and len(given) < 4:
+            missing = [name for name in ("x", "y", "width", "height") if name not in given]
+            raise ValueError("a rectangle needs x, y, width and height (missing "
+                             f"{', '.join(missing)}); or give polygon: [[x, y], ...]")
+        return self
+
+    def corners(self) -> list[tuple[int, int]]:
+        """The region as a polygon: the rectangle's four corners, or the polygon's points."""
+        if self.polygon is not None:
+            return list(self.polygon)
+        right, bottom = self.x + self.width, self.y + self.height
+        return [(self.x, self.y), (right, self.y), (right, bottom), (self.x, bottom)]
+
+
+def polygon_area(points: list[tuple[int, int]]) -> float:
+    """The area a polygon encloses (shoelace formula), in square pixels."""
+    twice = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+    return abs(twice) / 2.0
+
+
 class CameraSource(_Section):
     """A camera or stream, read every `interval_seconds`."""
 
@@ -105,6 +160,10 @@ class CameraSource(_Section):
     loop: bool = Field(False, description="video files only: start again at the end")
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="rtsp:// only: RTP over the RTSP connection (tcp) or over UDP")
+    region: Optional[CameraRegion] = Field(
+        None, description="read only this part of the frame: {x, y, width, height} or "
+                          "{polygon: [[x, y], ...]}, full-frame pixels, clipped to the frame; "
+                          "null = the whole frame")
 
 
 class SourcesConfig(_Section):

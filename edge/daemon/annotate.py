@@ -14,12 +14,14 @@ _BOX = (0, 160, 255)
 _INK = (20, 20, 200)
 
 
-def draw_result(image: np.ndarray, result: OcrResult, scale: float = 1.0) -> np.ndarray:
-    """Copy of the image with boxes and text drawn; `scale` maps result pixels to image pixels."""
+def draw_result(image: np.ndarray, result: OcrResult, scale: float = 1.0,
+                origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Copy of the image with boxes and text drawn; result pixels map to image pixels as
+    (result - origin) / scale (`origin`: where the image was cut from a larger frame)."""
     canvas = image.copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 800))
     for line in result.lines:
-        points = (np.array(line.box, np.float32) / scale).round().astype(np.int32)
+        points = ((np.array(line.box, np.float32) - origin) / scale).round().astype(np.int32)
         cv2.polylines(canvas, [points], True, _BOX, thickness, cv2.LINE_AA)
         height = max(8.0, float(np.linalg.norm(points[3] - points[0])))
         font_scale = min(1.2, height / 40.0)

@@ -29,7 +29,8 @@ JPEG_QUALITY = 85
 class Outcome:
     """One frame as the page shows it: a result with a reduced copy of its image, or an error.
 
-    `scale` maps the result's (original) pixels to the copy's pixels, as `draw_result` takes it.
+    `scale` and `origin` map the result's (original) pixels to the copy's pixels, as
+    `draw_result` takes them.
     """
 
     number: int
@@ -40,6 +41,7 @@ class Outcome:
     error_message: Optional[str] = None
     copy: Optional[np.ndarray] = None
     scale: float = 1.0
+    origin: tuple[int, int] = (0, 0)
 
 
 class RecentOutcomes:
@@ -56,7 +58,7 @@ class RecentOutcomes:
         """Keep a result and a reduced copy of the image it was read from."""
         copy, factor = _reduced(image.pixels, self._side)
         self._add(Outcome(next(self._numbers), time.time(), frame.source, result,
-                          copy=copy, scale=image.scale / factor))
+                          copy=copy, scale=image.scale / factor, origin=image.origin))
 
     def error(self, frame: Frame, error: EdgeError) -> None:
         """Keep an error: its code and message."""
@@ -77,7 +79,7 @@ class RecentOutcomes:
             outcome = next((o for o in self._entries if o.number == number), None)
         if outcome is None or outcome.copy is None:
             return None
-        drawn = draw_result(outcome.copy, outcome.result, outcome.scale)
+        drawn = draw_result(outcome.copy, outcome.result, outcome.scale, outcome.origin)
         ok, encoded = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None

@@ -147,6 +147,8 @@ class Service:
             if frame.attempt > MAX_ATTEMPTS:
                 raise SpoolError(f"interrupted the daemon {frame.attempt - 1} times; not retried")
             image = self._engine.decode(raw)
+            if frame.placement is not None:  # a camera region: boxes go to full-frame pixels
+                image = frame.placement.place(image)
             result = self._engine(image)
         except EdgeError as exc:
             self._reject(job, frame, exc)

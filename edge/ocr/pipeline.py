@@ -18,7 +18,7 @@ Classifier = Callable[[list[np.ndarray]], list[np.ndarray]]
 class OcrPipeline:
     """Detector -> optional 0/180 classifier -> recogniser, serial.
 
-    Boxes come back in original-image pixels (the decode's reduction undone), lines below
+    Boxes come back in original-image pixels (the decode's reduction and cut undone), lines below
     `min_score` are dropped, and the rest are ordered top-to-bottom, left-to-right.
     """
 
@@ -54,7 +54,7 @@ class OcrPipeline:
         readings = self._recognizer(crops) if crops else []
         timings["recognize"] = _ms_since(started)
         lines = tuple(
-            TextLine(_to_original(quad, image.scale), reading.text, round(reading.score, 4))
+            TextLine(_to_original(quad, image), reading.text, round(reading.score, 4))
             for quad, reading in zip(quads, readings)
             if reading.text.strip() and reading.score >= self._min_score)
         return OcrResult(image.original_width, image.original_height, lines, timings,
@@ -77,8 +77,10 @@ def reading_order(quads: np.ndarray) -> np.ndarray:
     return quads[order]
 
 
-def _to_original(quad: np.ndarray, scale: float):
-    return tuple((round(float(x) * scale, 1), round(float(y) * scale, 1)) for x, y in quad)
+def _to_original(quad: np.ndarray, image: DecodedImage):
+    (left, top), scale = image.origin, image.scale
+    return tuple((round(float(x) * scale + left, 1), round(float(y) * scale + top, 1))
+                 for x, y in quad)
 
 
 def _ms_since(started: float) -> float:

@@ -1,10 +1,11 @@
 """A camera or stream as a frame source (OpenCV `VideoCapture`).
 
-One thread per camera reads a frame every `interval_seconds`, skips frames that barely changed
-since the last one read, and offers the rest to the worker without waiting (the queue drops the
-oldest camera frame when full). A result is published when its text changed or the heartbeat
-interval passed. Opening and reading have timeouts; a failure releases the device and reconnects
-with a doubling back-off, so a dead camera shows in health and never hangs the daemon.
+One thread per camera reads a frame every `interval_seconds`, cuts out its region of interest
+(when one is set), skips frames whose region barely changed since the last one read, and offers
+the rest to the worker without waiting (the queue drops the oldest camera frame when full). A
+result is published when its text changed or the heartbeat interval passed. Opening and reading
+have timeouts; a failure releases the device and reconnects with a doubling back-off, so a dead
+camera shows in health and never hangs the daemon.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge.delivery.sink import ResultSink
 from edge.errors import CameraError, EdgeError
 from edge.frames import Frame, OcrResult, SourceRef
 from edge.sources.queue import Job, WorkQueue
+from edge.sources.region import Cut, RegionCutter, whole_frame
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class CameraSource:
                                         daemon=True)
         self._lock = threading.Lock()
         self._state = CameraState("connecting", 0, 0, 0, None, None)
+        self._cut = RegionCutter(config.name, config.region) if config.region else whole_frame
         self._last_thumb: Optional[np.ndarray] = None
         self._last_text: Optional[str] = None
         self._last_published = 0.0
@@ -177,27 +180,48 @@ class CameraSource:
 
     def _consider(self, pixels: np.ndarray) -> None:
         now = time.time()
-        thumb = cv2.resize(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), _THUMB,
-                           interpolation=cv2.INTER_AREA).astype(np.float32)
-        changed = self._last_thumb is None or float(
-            np.mean(np.abs(thumb - self._last_thumb))) / 255.0 >= self._config.change_threshold
-        heartbeat = now - self._last_submitted >= self._config.heartbeat_seconds
         state = self.state()
         self._update(frames_read=state.frames_read + 1, last_frame_at=now)
+        try:
+            cut = self._cut(pixels)  # a copy: the capture may reuse its buffer
+        except CameraError as exc:  # a region outside this frame: this camera reads nothing
+            self._failed(exc, "streaming", logging.ERROR)
+            return
+        thumb, weights = _thumbnail(cut)
+        changed = self._last_thumb is None or _change(
+            thumb, self._last_thumb, weights) >= self._config.change_threshold
+        heartbeat = now - self._last_submitted >= self._config.heartbeat_seconds
         if not changed and not heartbeat:
             self._update(frames_skipped=state.frames_skipped + 1)
             return
         self._last_thumb, self._last_submitted = thumb, now
         self._count += 1
         frame = Frame(SourceRef("camera", self.name, str(self._count)), f"{now:.3f}", now,
-                      pixels=pixels.copy())  # the capture may reuse its buffer
+                      pixels=cut.pixels, placement=cut.placement)
         self._queue.put(Job(frame, self, droppable=True))
 
-    def _failed(self, error: CameraError, state: str) -> None:
+    def _failed(self, error: CameraError, state: str, level: int = logging.WARNING) -> None:
         if self.state().last_error != error.message:
-            log.warning("%s", error.message)
+            log.log(level, "%s", error.message)
         self._update(state=state, last_error=error.message)
 
     def _update(self, **changes) -> None:
         with self._lock:
             self._state = CameraState(**{**self._state.__dict__, **changes})
+
+
+def _thumbnail(cut: Cut) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A small grey copy of the cut, and how much of each of its pixels lies inside the region."""
+    grey = cv2.resize(cv2.cvtColor(cut.pixels, cv2.COLOR_BGR2GRAY), _THUMB,
+                      interpolation=cv2.INTER_AREA).astype(np.float32)
+    if cut.inside is None:
+        return grey, None
+    return grey, cv2.resize(cut.inside, _THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _change(thumb: np.ndarray, last: np.ndarray, weights: Optional[np.ndarray]) -> float:
+    """Mean grey-level change inside the region, as a fraction of full scale."""
+    difference = np.abs(thumb - last)
+    if weights is None:
+        return float(np.mean(difference)) / 255.0
+    return float(np.sum(difference * weights) / max(np.sum(weights), 1.0)) / 255.0
