@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from conftest import run_cli
 from daemon_kit import Broker
-from edge.cli.doctor import check_memory_controller
-from edge.config import EdgeConfig
+from edge.cli.doctor import check_memory_controller, check_region
+from edge.config import CameraSource, EdgeConfig
 
 
 def test_doctor_checks_broker_spool_and_models_one_line_each(tmp_path):
@@ -60,3 +62,16 @@ def test_doctor_and_check_config_say_what_the_ram_budget_costs(tmp_path):
     auto.write_text(f"paths:\n  state_dir: {tmp_path / 'state'}\n")
     assert "ok    RAM: no budget (auto): an image is decoded only if it fits in" in \
         run_cli("doctor", "--config", str(auto)).stdout
+
+
+def test_camera_region_is_fitted_to_the_frame_the_camera_delivers():
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    reaching = CameraSource(name="gate", url=0, region={"x": 1100, "y": 600, "width": 400,
+                                                        "height": 200})
+    finding = check_region(reaching, frame)
+    assert finding.level == "ok"
+    assert finding.seen == "180x120 pixels at 1100,600 of its 1280x720 frame are read"  # clipped
+    missing = CameraSource(name="gate", url=0, region={"polygon": [[1300, 10], [1500, 10],
+                                                                   [1400, 200]]})
+    finding = check_region(missing, frame)
+    assert finding.level == "fail" and "outside its 1280x720 frame" in finding.seen

@@ -2,7 +2,7 @@
 
 Every check returns a `Finding`: ok, warn or fail, what was seen, and the fix. Nothing is
 changed on the machine; the broker check connects and disconnects, the camera check opens and
-releases each camera.
+releases each camera (and fits its region, if it has one, to the frame it delivered).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edge.config import EdgeConfig, model_dir, read_secret, state_dir
+from edge.config import CameraSource, EdgeConfig, model_dir, read_secret, state_dir
 from edge.errors import EdgeError
 from edge.models.cpu import CpuInfo, cpu_info
 
@@ -230,10 +230,27 @@ def check_cameras(config: EdgeConfig) -> list[Finding]:
     findings = []
     for camera in config.sources.cameras:
         capture = open_capture(camera)
-        ok, _ = capture.read()
+        ok, frame = capture.read()
         capture.release()
         findings.append(Finding("ok" if ok else "fail", f"camera {camera.name}",
                                 f"{camera.url!r} " + ("delivers frames" if ok else
                                                       "opened but delivered no frame"),
                                 "check the device, its permissions (group video) or the URL"))
+        if ok and camera.region is not None:
+            findings.append(check_region(camera, frame))
     return findings
+
+
+def check_region(camera: CameraSource, frame) -> Finding:
+    """Where the camera's region falls in a frame it delivered, or that it misses it."""
+    from edge.sources.region import RegionCutter
+
+    try:
+        cut = RegionCutter(camera.name, camera.region)(frame)
+    except EdgeError as exc:
+        return Finding("fail", f"camera {camera.name} region", exc.message, exc.fix)
+    height, width = cut.pixels.shape[:2]
+    where = cut.placement
+    return Finding("ok", f"camera {camera.name} region",
+                   f"{width}x{height} pixels at {where.x},{where.y} of its "
+                   f"{where.frame_width}x{where.frame_height} frame are read")
