@@ -10,6 +10,7 @@ from edge.cli.doctor import check_cpu, check_precision
 from edge.config import EdgeConfig, parse_config
 from edge.models.choice import BOUND, Measurement, applies, pick, this_machine
 from edge.models.cpu import CpuInfo, cpu_info
+from edge.models.quantize import RECIPES
 from edge.models.store import ModelStore
 
 PI4_HWCAP = 0b1000_1000_0111  # fp asimd evtstrm crc32 cpuid: Cortex-A72
@@ -19,7 +20,7 @@ PI5_HWCAP = PI4_HWCAP | 1 << 9 | 1 << 10 | 1 << 20 | 1 << 8  # + fphp asimdhp as
 def measured(int8_det: float, pixels: float = 1.0, lines: float = 1.0,
              machine: dict | None = None) -> Measurement:
     variants = {"fp32": {"recipe": 1, "det_ms": 100.0, "rec_ms": 50.0},
-                "int8": {"recipe": 3, "det_ms": int8_det, "rec_ms": 50.0,
+                "int8": {"recipe": RECIPES["int8"], "det_ms": int8_det, "rec_ms": 50.0,
                          "det_pixels": pixels, "lines_text": lines}}
     return Measurement("ppocr-v6-tiny", machine or {}, variants, dict(BOUND), {})
 
@@ -36,10 +37,11 @@ def test_pick_takes_the_faster_variant_only_within_the_agreement_bound():
 def test_a_measurement_counts_only_on_its_machine_and_its_variants():
     here = {"arch": "aarch64", "model": "", "cores": 4, "features": ["asimd"], "onnxruntime": "1"}
     record = measured(40.0, machine=here)
-    assert applies(record, {"fp32": 1, "int8": 3}, here) == ""
-    assert applies(record, {"fp32": 1, "int8": 3}, {**here, "cores": 2}) == \
-        "measured on another machine"
-    assert applies(record, {"fp32": 1, "int8": 4}, here) == "the int8 variant was rebuilt since"
+    current = {"fp32": 1, "int8": RECIPES["int8"]}
+    assert applies(record, current, here) == ""
+    assert applies(record, current, {**here, "cores": 2}) == "measured on another machine"
+    assert applies(record, {**current, "int8": RECIPES["int8"] + 1}, here) == \
+        "the int8 variant was rebuilt since"
 
 
 def write_record(folder, pack: str, int8_det: float, machine: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 from dataclasses import replace
@@ -66,6 +67,23 @@ def test_int8_detector_input_is_quantized_by_the_caller_exactly_as_the_model_did
     quantized = assemble(int8, int8_config).detector.preprocess(page)[0]
     assert float_input.dtype == np.float32 and quantized.dtype == np.uint8
     assert np.array_equal(_quantize_linear(scale, zero_point)(float_input), quantized)
+
+
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_installed_int8_detector_runs_no_full_size_glue_the_rewrites_remove(store, pack):
+    graph = onnx.load(str(store.variant(pack, "int8").files["det"])).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert ops["ReduceMean"] == 0 and ops["DepthToSpace"] == 1
+    producers = {name: node for node in graph.node for name in node.output}
+
+    def upstream(node, steps):  # Sigmoid <- DequantizeLinear <- QuantizeLinear <- what
+        for _ in range(steps):
+            node = node and producers.get(node.input[0])
+        return node
+
+    sigmoid_inputs = [upstream(node, 3) for node in graph.node if node.op_type == "Sigmoid"]
+    assert sigmoid_inputs and not any(node is not None and node.op_type == "Mul"
+                                      for node in sigmoid_inputs)
 
 
 def test_a_model_whose_input_is_not_quantized_keeps_its_float_input(store):

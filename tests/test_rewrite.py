@@ -1,4 +1,4 @@
-"""Graph rewrites before int8: the float detector reads alike after each, and all of them apply."""
+"""Graph rewrites around int8: the detector reads alike after each, and all of them apply."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edge.config import OcrConfig
 from edge.models import rewrite
@@ -66,10 +67,90 @@ def test_sigmoid_gelu_moves_few_pixels_across_the_threshold(detector_case, tmp_p
     assert _agreement(expected, _run(model, tensor)) > 0.995
 
 
+def test_head_upsamplings_become_one_shuffle_of_the_map(detector_case, tmp_path):
+    path, tensor = detector_case
+    model = _pre_processed(path, tmp_path)
+    expected, adds = _run(model, tensor), _ops(model)["Add"]
+    rewrite.pixel_shuffle_transposed_convs(model)
+    assert rewrite.fold_shuffle_biases(model) == 2
+    assert rewrite.merge_pixel_shuffles(model) == 1
+    onnx.checker.check_model(model)
+    assert _ops(model)["Add"] == adds - 2
+    assert _blocksizes(model) == [4]
+    assert float(np.abs(_run(model, tensor) - expected).max()) < 1e-4
+
+
+@pytest.mark.parametrize("rewrite_one, count", [(rewrite.global_average_pools, 5),
+                                                (rewrite.fold_residual_gates, 8)])
+def test_pooling_and_gate_rewrites_keep_the_probability_map(detector_case, tmp_path,
+                                                             rewrite_one, count):
+    path, tensor = detector_case
+    model = _pre_processed(path, tmp_path)
+    expected = _run(model, tensor)
+    assert rewrite_one(model) == count
+    onnx.checker.check_model(model)
+    got = _run(model, tensor)  # the same sums in another order: float rounding only
+    assert float(np.abs(got - expected).mean()) < 1e-4
+    assert _agreement(expected, got) > 0.9999
+
+
 def test_prepared_model_has_no_slow_patterns_left(detector_case, tmp_path):
     path, tensor = detector_case
     prepared = prepare_for_int8(path, tmp_path)
-    ops = collections.Counter(node.op_type for node in onnx.load(str(prepared)).graph.node)
-    assert ops["ConvTranspose"] == 0 and ops["Erf"] == 0
-    assert ops["DepthToSpace"] == 2
+    ops = _ops(onnx.load(str(prepared)))
+    assert ops["ConvTranspose"] == 0 and ops["Erf"] == 0 and ops["ReduceMean"] == 0
+    assert ops["DepthToSpace"] == 1
     assert _agreement(_run(str(path), tensor), _run(str(prepared), tensor)) > 0.995
+
+
+def test_sigmoid_reads_its_scaled_input_through_the_dequantization(tmp_path):
+    model = _quantized_gelu(tmp_path)
+    tensor = np.random.default_rng(3).normal(size=(1, 8, 6, 6)).astype(np.float32)
+    expected = _run(model, tensor)
+    assert _ops(model)["Mul"] == 2
+    assert rewrite.fold_sigmoid_input_scales(model) == 1
+    rewrite.rewrite_quantized(model)
+    onnx.checker.check_model(model)
+    assert _ops(model)["Mul"] == 1
+    step = float(np.abs(expected).max()) / 127
+    assert float(np.abs(_run(model, tensor) - expected).max()) <= 3 * step
+
+
+def _quantized_gelu(tmp_path) -> onnx.ModelProto:
+    """Conv then x * sigmoid(1.702 x), quantized to QDQ as the detector is."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), "w")
+    scale = numpy_helper.from_array(np.array(rewrite.GELU_SIGMOID_SCALE, np.float32), "k")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"]),
+         helper.make_node("Mul", ["y", "k"], ["scaled"]),
+         helper.make_node("Sigmoid", ["scaled"], ["gate"]),
+         helper.make_node("Mul", ["y", "gate"], ["out"])], "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 6, 6])], [weight, scale])
+    float_model = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(float_model))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter([{"x": rng.normal(size=(1, 8, 6, 6)).astype(np.float32)}
+                                for _ in range(4)])
+
+        def get_next(self):
+            return next(self._items, None)
+
+    quantized = tmp_path / "gelu.int8.onnx"
+    quantize_static(str(float_model), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
+    return onnx.load(str(quantized))
+
+
+def _ops(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def _blocksizes(model: onnx.ModelProto) -> list[int]:
+    return [attr.i for node in model.graph.node if node.op_type == "DepthToSpace"
+            for attr in node.attribute if attr.name == "blocksize"]
