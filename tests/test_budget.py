@@ -46,16 +46,20 @@ def test_plan_fits_the_budget_and_shrinks_with_it():
     assert tight.det_max_pixels < roomy.det_max_pixels
     assert tight.rec_max_columns < roomy.rec_max_columns
     assert tight.image_max_side <= roomy.image_max_side
+    # the recogniser runs beside the decoded image and a page's line crops (up to its size)
+    image_mb = tight.image_max_side ** 2 * 0.75 * 3 / 2**20
+    assert (SMALL.base_mb + 2 * image_mb + SMALL.recognizer_mb(tight.rec_max_columns)
+            <= tight.budget_mb * HEADROOM)
 
 
 def test_a_tight_budget_keeps_the_resolution_and_tiles_the_detector_instead():
     roomy = Planner(SMALL, 1024, 1280, 4, 2048).plan()
-    tight = Planner(SMALL, 230, 1280, 4, 2048).plan()
+    tight = Planner(SMALL, 240, 1280, 4, 2048).plan()
     assert roomy.image_max_side == tight.image_max_side == 2048
     assert roomy.det_max_pixels == 1280 * 1280 and tight.det_max_pixels < 400_000
-    assert tight.rec_max_width >= 960 and tight.predicted_mb <= 230 * HEADROOM
-    words = Planner(SMALL, 230, 1280, 4, 2048).in_words(tight)
-    assert "1/2 scale to 1754 px tall and detected in 5 tile(s)" in words and "capitals" in words
+    assert tight.rec_max_width >= 960 and tight.predicted_mb <= 240 * HEADROOM
+    words = Planner(SMALL, 240, 1280, 4, 2048).in_words(tight)
+    assert "1/1 scale to 2048 px tall and detected in 4 tile(s)" in words and "capitals" in words
 
 
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():
@@ -189,7 +193,8 @@ def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):
     model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=1.3, det_mb_per_mpx=69.6,
                         rec_fixed_mb=3.8, rec_mb_per_kcol=7.3)  # the tiny pack's, measured
     engine = DaemonEngine(models, ocr, images,
-                          Planner(model, int((model.base_mb + 120) / HEADROOM), 1280, 2, 1700))
+                          Planner(model, int((model.base_mb + 70) / HEADROOM), 1280, 2, 1700))
+    assert engine.plan.det_max_pixels < 905 * 1280  # the A4 page is detected in tiles
 
     def read(order):
         texts = {}

@@ -1,8 +1,8 @@
 """RAM budget: a memory model measured on the pack, a plan that fits the budget, an RSS watch.
 
 The model is measured, not guessed, by a child process (`edge.daemon.memprobe`). The planner then
-caps the detector's input area, the recogniser's line and batch width and the decode size so
-that the predicted peak fits; the engine plans again when the real peak disagrees.
+caps the detector's tile area, the recogniser's line and batch width and the decode size so
+that the predicted peak fits; the engine steps the plan down only when a real peak comes close.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ MAP_BYTES = 2  # per detector-input pixel of a whole tiled image: the stitched m
 _SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
-MEASURE_METHOD = 3  # raised whenever memprobe measures differently: cached models are redone
+MEASURE_METHOD = 4  # raised whenever memprobe measures differently: cached models are redone
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
     usable = budget_mb * HEADROOM - model.base_mb
     sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
     for min_width, side in itertools.product((REC_GOOD_WIDTH, REC_MIN_WIDTH), sides):
-        stages = _stages(model, usable - _image_mb(side), wanted_side, wanted_batch, min_width)
+        stages = _stages(model, usable - _image_mb(side), _image_mb(side), wanted_side,
+                         wanted_batch, min_width)
         if stages is not None:
             det_pixels, rec_width, columns, stage_mb = stages
             decode_room = budget_mb * DECODE_SHARE - model.base_mb
@@ -116,24 +117,26 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
                       "raise resources.memory_mb, or choose a smaller ocr.pack")
 
 
-def _stages(model: MemoryModel, room: float, wanted_side: int, wanted_batch: int,
-            min_width: int) -> Optional[tuple[int, int, int, float]]:
+def _stages(model: MemoryModel, room: float, crops_mb: float, wanted_side: int,
+            wanted_batch: int, min_width: int) -> Optional[tuple[int, int, int, float]]:
     """Detector tile area, line width, batch columns and their peak in `room` MB; None when
-    the tile would fall below DET_MIN_PIXELS or the line width below `min_width`."""
+    the tile would fall below DET_MIN_PIXELS or the line width below `min_width`. The
+    recogniser shares the room with the line crops (`crops_mb`: at most a copy of the image)."""
     whole = wanted_side * wanted_side
     det_pixels = min(whole, int((room - model.det_fixed_mb) / max(model.det_mb_per_mpx, 1e-6)
                                 * 1e6))
     if det_pixels < whole:  # tiled: the stitched map of the whole input is held as well
         det_pixels = int((room - _map_mb(wanted_side) - model.det_fixed_mb)
                          / max(model.det_mb_per_mpx, 1e-6) * 1e6)
-    rec_columns = int((room - model.rec_fixed_mb) / max(model.rec_mb_per_kcol, 1e-6) * 1000)
+    rec_columns = int((room - crops_mb - model.rec_fixed_mb) / max(model.rec_mb_per_kcol, 1e-6)
+                      * 1000)
     rec_width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
     if det_pixels < DET_MIN_PIXELS or rec_width < min(min_width, REC_FULL_WIDTH):
         return None
     columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
     det_mb = model.detector_mb_at(det_pixels) + (_map_mb(wanted_side) if det_pixels < whole
                                                  else 0.0)
-    return det_pixels, rec_width, columns, max(det_mb, model.recognizer_mb(columns))
+    return det_pixels, rec_width, columns, max(det_mb, crops_mb + model.recognizer_mb(columns))
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,9 @@ class Planner:
     wanted_batch: int
     wanted_image_side: int
 
-    def plan(self, drift_mb: float = 0.0) -> Plan:
-        """The plan for the budget, made at start; made again (only ever tighter) when the
-        process at rest holds `drift_mb` more than the measured base."""
-        model = replace(self.model, base_mb=self.model.base_mb + drift_mb)
-        return plan(model, self.budget_mb, self.wanted_side, self.wanted_batch,
+    def plan(self) -> Plan:
+        """The plan for the budget, made once at start."""
+        return plan(self.model, self.budget_mb, self.wanted_side, self.wanted_batch,
                     self.wanted_image_side)
 
     def tile_pixels(self, plan: Plan, image_bytes: int, input_pixels: int) -> int:
@@ -181,21 +182,6 @@ class Planner:
                 f"tall and detected in {tile_count(det_w, det_h, tile)} tile(s); capitals under "
                 f"about {capital:.0f} px on the page (about {capital / 300 * 72 / 0.7:.0f} pt "
                 "type) may be missed")
-
-
-def caps(plan: Plan) -> tuple[int, int, int, int]:
-    """What a plan holds the stages to (its prediction aside)."""
-    return plan.det_max_pixels, plan.rec_max_width, plan.rec_max_columns, plan.image_max_side
-
-
-def tighter(new: Plan, current: Plan) -> Plan:
-    """`new`, but never looser than `current` in any cap (earlier step-downs stand). The decode
-    room stays: memory kept at rest is free heap, which a decode, alone at its moment, reuses."""
-    return replace(new, decode_room_mb=current.decode_room_mb,
-                   det_max_pixels=min(new.det_max_pixels, current.det_max_pixels),
-                   rec_max_width=min(new.rec_max_width, current.rec_max_width),
-                   rec_max_columns=min(new.rec_max_columns, current.rec_max_columns),
-                   image_max_side=min(new.image_max_side, current.image_max_side))
 
 
 def step_down(current: Plan) -> Optional[Plan]:

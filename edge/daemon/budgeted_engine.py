@@ -19,7 +19,6 @@ import numpy as np
 from edge.config import ImagesConfig, OcrConfig
 from edge.daemon import allocator, budget
 from edge.daemon.budget import BoxMemory, MemoryReading, Planner
-from edge.errors import ConfigError
 from edge.frames import DecodedImage, OcrResult
 from edge.models.factory import LoadedModels, MemoryCaps, assemble
 from edge.ocr.imageio import ImageLimits, decode_bytes, from_pixels
@@ -27,7 +26,6 @@ from edge.ocr.imageio import ImageLimits, decode_bytes, from_pixels
 log = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
-REST_SLACK_MB = 4.0  # drift of the memory at rest below this is noise, not a reason to replan
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,6 @@ class DaemonEngine:
         self.plan = planner.plan() if planner is not None else None
         self.degraded = False
         self._peak_acted_on = 0.0
-        self._drift_mb = 0.0
         self._guard, self._guard_pixels = None, 0
         if planner is None and box is not None:
             self._guard_pixels = _decode_pixels(box.limit_mb - budget.read_memory().rss_mb)
@@ -66,7 +63,6 @@ class DaemonEngine:
         budget, the plan's: JPEGs are decoded at the reduction that fits)."""
         if self.plan is None:
             return _decode(raw, self._limits)
-        self._fit_to_rest()
         limits = self._limits
         if not isinstance(raw, np.ndarray):
             limits = replace(limits, max_decode_pixels=self.plan.max_decode_pixels(len(raw)))
@@ -117,24 +113,6 @@ class DaemonEngine:
     def guard(self) -> Optional[str]:
         """Without a budget, what `memory_mb: auto` holds the decode to, in words."""
         return self._guard
-
-    def _fit_to_rest(self) -> None:
-        """Plan again, tighter, when the process at rest holds more than the measured base
-        (the heap keeps some of what frames used): real evidence, logged and shown in health."""
-        drift = budget.read_memory().rss_mb - self._planner.model.base_mb
-        if drift <= self._drift_mb + REST_SLACK_MB:
-            return
-        self._drift_mb = drift
-        try:
-            smaller = self._planner.plan(drift)
-        except ConfigError:
-            return  # no plan fits any more: the step-down after the frame is all that is left
-        smaller = budget.tighter(smaller, self.plan)
-        if budget.caps(smaller) != budget.caps(self.plan):
-            log.warning("memory at rest is %.0f MB above the measured base: planning again: %s",
-                        drift, smaller.describe())
-            self.plan, self.degraded = smaller, True
-            self._apply()
 
     def _fit_tiles(self, image: DecodedImage) -> None:
         """Tiles as large as this image leaves room for: a function of its size alone, so the

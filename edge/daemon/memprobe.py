@@ -28,29 +28,38 @@ from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.models.store import ModelStore
 
+TILED_SIDE = 1600  # the page the detector is measured on: every tile cap measured tiles it
+
 
 def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     """Load the pack for these OCR settings and fit its memory model from measured peaks."""
     config = OcrConfig.model_validate_json(ocr_json)
     models = load_models(config, ModelStore(model_dir))
     page = render_page(1, lines=8).image
-    detector_at = lambda side: assemble(models, config.model_copy(  # noqa: E731
-        update={"det_limit_side": side})).detector
     assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
     base = _settled_rss()
-    det = [(side * side / 1e6, _peak_of(lambda: detector_at(side)(_square(page, side)), base))
-           for side in (256, 384, 512, 640, 800)]
-    # batches of up to four full-width lines, the default batch cap lifted to see the slope
+    # the detector as a budget runs it: over tiles of a page larger than any of them, the
+    # stitched map included
+    wide = cv2.resize(page, (TILED_SIDE, TILED_SIDE * 3 // 4))
+    det = [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide)))
+           for cap in (200_000, 350_000, 500_000, 650_000, 800_000)]
     # a page's worth of lines of assorted widths, read in batches under several column caps:
     # the batches follow one another as on a real page, so what the heap keeps between them
     # counts too
     lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
-    rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
+    rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines)))
            for columns in (400, 800, 1600, 3200)]
+    # what the heap keeps once the largest inputs have been through is part of the rest
+    base = max(base, _settled_rss())
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
                        round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _tiled_detector(models, config: OcrConfig, cap: int):
+    tiled = config.model_copy(update={"det_limit_side": TILED_SIDE})
+    return assemble(models, tiled, MemoryCaps(det_max_pixels=cap)).detector
 
 
 def _recognizer(models, config: OcrConfig, columns: int):
@@ -62,22 +71,19 @@ def _blank_line(width: int) -> np.ndarray:
     return np.full((48, width, 3), 255, np.uint8)
 
 
-def _square(image, side: int):
-    return cv2.resize(image, (side, side))
-
-
-def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float:
-    """Median growth of the peak RSS over `base` while `work` runs (page faults vary)."""
+def _peak_of(work: Callable[[], object], repeats: int = 3) -> float:
+    """The largest growth of the peak RSS over the RSS at rest while `work` runs: the heap's
+    fragmentation makes it vary from run to run, and a plan must hold in the worst of them."""
     peaks = []
     for _ in range(repeats):
-        _settled_rss()
+        rest = _settled_rss()
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError as exc:
             raise SystemExit(f"cannot reset the peak RSS to measure: {exc}") from exc
         work()
-        peaks.append(max(0.0, read_memory().peak_mb - base))
-    return sorted(peaks)[len(peaks) // 2]
+        peaks.append(max(0.0, read_memory().peak_mb - rest))
+    return max(peaks)
 
 
 def _settled_rss() -> float:
@@ -86,11 +92,11 @@ def _settled_rss() -> float:
 
 
 def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares intercept and slope, neither below zero."""
+    """A line above every measured point: the least-squares slope (not below zero), with the
+    intercept raised until no point lies over it."""
     xs, ys = np.array(points).T
-    slope, intercept = np.polyfit(xs, ys, 1)
-    slope = max(0.0, float(slope))
-    return max(0.0, float(intercept), float(ys.max() - slope * xs.max())), slope
+    slope = max(0.0, float(np.polyfit(xs, ys, 1)[0]))
+    return max(0.0, float((ys - slope * xs).max())), slope
 
 
 if __name__ == "__main__":
