@@ -68,6 +68,8 @@ class ImagesConfig(_Section):
     max_side: int = Field(2048, ge=256, le=16384,
                           description="decode larger images reduced to about this longest side")
     max_file_mb: float = Field(64.0, gt=0, le=4096, description="refuse larger files")
+    grey: bool = Field(False, description="decode to one channel (documents): a third of the "
+                                          "memory per image and line crop; colour is not read")
 
 
 class ModelsConfig(_Section):

@@ -13,7 +13,8 @@ from conftest import png_header, with_exif_orientation
 from edge.config import ImagesConfig
 from edge.daemon.budgeted_engine import image_limits
 from edge.errors import ImageTooLargeError, ImageUnreadableError
-from edge.ocr.imageio import decode_bytes, decode_file, probe
+from edge.models.calibration import render_page
+from edge.ocr.imageio import decode_bytes, decode_file, from_pixels, probe
 
 LIMITS = image_limits(ImagesConfig())  # the decoder limits of the default config
 
@@ -98,3 +99,21 @@ def test_grey_png_decodes_to_three_channels():
     ok, data = cv2.imencode(".png", np.full((20, 30), 128, np.uint8))
     image = decode_bytes(data.tobytes(), LIMITS)
     assert image.pixels.shape == (20, 30, 3)
+
+
+def test_grey_decodes_one_channel_reduced_and_reads_the_same_as_colour(small_int8):
+    page = render_page(41, width=1600, height=1200, lines=8)
+    data = cv2.imencode(".jpg", page.image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    limits = replace(LIMITS, max_side=800)
+    colour, grey = decode_bytes(data, limits), decode_bytes(data, replace(limits, grey=True))
+    assert grey.pixels.shape == colour.pixels.shape[:2] == (600, 800)
+    assert grey.scale == colour.scale == pytest.approx(2.0)
+    read = small_int8(grey).text
+    assert read == small_int8(colour).text
+    assert sum(line.text in read for line in page.lines) >= len(page.lines) - 1
+
+
+def test_a_colour_camera_frame_is_made_grey_when_asked():
+    frame = np.full((720, 1280, 3), (10, 200, 30), np.uint8)
+    image = from_pixels(frame, replace(LIMITS, max_side=640, grey=True))
+    assert image.pixels.shape == (360, 640) and image.scale == pytest.approx(2.0)

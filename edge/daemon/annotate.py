@@ -18,7 +18,7 @@ def draw_result(image: np.ndarray, result: OcrResult, scale: float = 1.0,
                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Copy of the image with boxes and text drawn; result pixels map to image pixels as
     (result - origin) / scale (`origin`: where the image was cut from a larger frame)."""
-    canvas = image.copy()
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 800))
     for line in result.lines:
         points = ((np.array(line.box, np.float32) - origin) / scale).round().astype(np.int32)

@@ -24,7 +24,7 @@ from edge.ocr.imageio import ImageLimits, jpeg_reduction
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the model misses
+HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the probe cannot see
 DEGRADE_AT = 0.96  # a peak above this share of the budget steps the plan down
 DECODE_SHARE = 0.90  # a decode (measured per pixel, nothing else running) may reach this share
 REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
@@ -33,10 +33,13 @@ REC_GOOD_WIDTH = 960  # a smaller decode is preferred to lines squeezed below th
 DET_MIN_PIXELS = 64_000  # the smallest detector tile (about 250x250) worth a model run
 IMAGE_ASPECT = 0.75  # images are planned as 4:3 at their longest side (a square one takes more)
 MAP_BYTES = 2  # per detector-input pixel of a whole tiled image: the stitched map and its bitmap
+# memprobe measures the detector tiling a 4:3 page this wide, so the stitched map of an input up
+# to that size is in the measured working memory; only a larger input's map is added
+PROBE_SIDE = 1600
 _SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # below the unit's TimeoutStartSec, which also covers loading
-MEASURE_METHOD = 4  # raised whenever memprobe measures differently: cached models are redone
+MEASURE_METHOD = 5  # raised whenever memprobe measures differently: cached models are redone
 
 
 @dataclass(frozen=True)
@@ -92,25 +95,27 @@ DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG) 
 
 
 def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int,
-         wanted_image_side: int) -> Plan:
+         wanted_image_side: int, channels: int = 3) -> Plan:
     """The most accurate settings whose predicted peak fits `budget_mb` with HEADROOM to spare.
 
     Resolution comes first: the largest decode size for which a detector tile and a recogniser
     line of useful size still fit. The detector keeps its scale and runs over tiles, so the
-    budget costs speed before it costs text.
+    budget costs speed before it costs text. `channels` is the decoded image's (1 when
+    documents are decoded grey).
     """
     usable = budget_mb * HEADROOM - model.base_mb
     sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
     for min_width, side in itertools.product((REC_GOOD_WIDTH, REC_MIN_WIDTH), sides):
-        stages = _stages(model, usable - _image_mb(side), _image_mb(side), wanted_side,
-                         wanted_batch, min_width)
+        image_mb = _image_mb(side, channels)
+        stages = _stages(model, usable - image_mb, image_mb, wanted_side, wanted_batch,
+                         min_width)
         if stages is not None:
             det_pixels, rec_width, columns, stage_mb = stages
             decode_room = budget_mb * DECODE_SHARE - model.base_mb
             return Plan(budget_mb, det_pixels, wanted_side, rec_width, columns, side,
                         round(decode_room, 1),
-                        round(model.base_mb + _image_mb(side) + stage_mb, 1))
-    need = (model.base_mb + _image_mb(_SMALLER_SIDES[-1]) + _map_mb(wanted_side)
+                        round(model.base_mb + image_mb + stage_mb, 1))
+    need = (model.base_mb + _image_mb(_SMALLER_SIDES[-1], channels) + _map_mb(wanted_side)
             + max(model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH)))
     raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
                       f"about {need / HEADROOM:.0f} MB",
@@ -148,11 +153,12 @@ class Planner:
     wanted_side: int
     wanted_batch: int
     wanted_image_side: int
+    channels: int = 3
 
     def plan(self) -> Plan:
         """The plan for the budget, made once at start."""
         return plan(self.model, self.budget_mb, self.wanted_side, self.wanted_batch,
-                    self.wanted_image_side)
+                    self.wanted_image_side, self.channels)
 
     def tile_pixels(self, plan: Plan, image_bytes: int, input_pixels: int) -> int:
         """The detector's tile area for one image: the whole input if it fits beside the
@@ -161,7 +167,7 @@ class Planner:
         room = self.budget_mb * HEADROOM - self.model.base_mb - image_bytes / _MB
         if self.model.detector_mb_at(input_pixels) <= room:
             return input_pixels
-        room -= input_pixels * MAP_BYTES / _MB + self.model.det_fixed_mb
+        room -= _beyond_probe_mb(input_pixels) + self.model.det_fixed_mb
         return max(plan.det_max_pixels, int(room / max(self.model.det_mb_per_mpx, 1e-6) * 1e6))
 
     def in_words(self, plan: Plan) -> str:
@@ -176,7 +182,7 @@ class Planner:
         decoded_w = round(page_w * decoded_h / page_h)
         det_scale = min(1.0, plan.det_side / page_h)
         det_w, det_h = (max(32, round(side * det_scale / 32) * 32) for side in (page_w, page_h))
-        tile = self.tile_pixels(plan, decoded_w * decoded_h * 3, det_w * det_h)
+        tile = self.tile_pixels(plan, decoded_w * decoded_h * self.channels, det_w * det_h)
         capital = MIN_CAPITAL_PX / det_scale  # page pixels at 300 dpi
         return (f"an A4 page at 300 dpi is decoded at 1/{reduction} scale to {decoded_h} px "
                 f"tall and detected in {tile_count(det_w, det_h, tile)} tile(s); capitals under "
@@ -202,12 +208,17 @@ MIN_CAPITAL_PX = 8
 A4_JPEG_BYTES = 1_500_000
 
 
-def _image_mb(side: int) -> float:
-    return side * side * IMAGE_ASPECT * 3 / _MB
+def _image_mb(side: int, channels: int = 3) -> float:
+    return side * side * IMAGE_ASPECT * channels / _MB
 
 
 def _map_mb(side: int) -> float:
-    return side * side * IMAGE_ASPECT * MAP_BYTES / _MB
+    return _beyond_probe_mb(int(side * side * IMAGE_ASPECT))
+
+
+def _beyond_probe_mb(input_pixels: int) -> float:
+    """The stitched map's MB for an input of `input_pixels`, beyond what the probe measured."""
+    return max(0, input_pixels - PROBE_SIDE * PROBE_SIDE * IMAGE_ASPECT) * MAP_BYTES / _MB
 
 
 # --- without a budget: a share of the box --------------------------------------------------

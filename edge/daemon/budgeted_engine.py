@@ -152,7 +152,8 @@ class DaemonEngine:
 def image_limits(images: ImagesConfig) -> ImageLimits:
     """Decoder limits from the config's images section."""
     return ImageLimits(max_bytes=int(images.max_file_mb * 1024 * 1024),
-                       max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side)
+                       max_pixels=int(images.max_megapixels * 1_000_000), max_side=images.max_side,
+                       grey=images.grey)
 
 
 def _decode_pixels(room_mb: float) -> int:

@@ -22,13 +22,11 @@ import numpy as np
 import edge.daemon.service  # noqa: F401  (everything the daemon imports counts in the base)
 from edge.config import OcrConfig
 from edge.daemon import allocator
-from edge.daemon.budget import REC_FULL_WIDTH, MemoryModel, read_memory
+from edge.daemon.budget import PROBE_SIDE, REC_FULL_WIDTH, MemoryModel, read_memory
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.models.store import ModelStore
-
-TILED_SIDE = 1600  # the page the detector is measured on: every tile cap measured tiles it
 
 
 def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
@@ -37,20 +35,20 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     models = load_models(config, ModelStore(model_dir))
     page = render_page(1, lines=8).image
     assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
-    base = _settled_rss()
     # the detector as a budget runs it: over tiles of a page larger than any of them, the
-    # stitched map included
-    wide = cv2.resize(page, (TILED_SIDE, TILED_SIDE * 3 // 4))
-    det = [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide)))
+    # stitched map included (the page itself is the decoded image's, planned apart)
+    base = _settled_rss()
+    wide = cv2.resize(page, (PROBE_SIDE, PROBE_SIDE * 3 // 4))
+    with_page = _settled_rss()
+    det = [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide), with_page))
            for cap in (200_000, 350_000, 500_000, 650_000, 800_000)]
+    del wide
     # a page's worth of lines of assorted widths, read in batches under several column caps:
     # the batches follow one another as on a real page, so what the heap keeps between them
     # counts too
     lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
-    rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines)))
-           for columns in (400, 800, 1600, 3200)]
-    # what the heap keeps once the largest inputs have been through is part of the rest
-    base = max(base, _settled_rss())
+    rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
+           for columns in (400, 800, 1200, 1600)]
     det_fixed, det_slope = _line_fit(det)
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
@@ -58,7 +56,7 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
 
 
 def _tiled_detector(models, config: OcrConfig, cap: int):
-    tiled = config.model_copy(update={"det_limit_side": TILED_SIDE})
+    tiled = config.model_copy(update={"det_limit_side": PROBE_SIDE})
     return assemble(models, tiled, MemoryCaps(det_max_pixels=cap)).detector
 
 
@@ -71,18 +69,19 @@ def _blank_line(width: int) -> np.ndarray:
     return np.full((48, width, 3), 255, np.uint8)
 
 
-def _peak_of(work: Callable[[], object], repeats: int = 3) -> float:
-    """The largest growth of the peak RSS over the RSS at rest while `work` runs: the heap's
-    fragmentation makes it vary from run to run, and a plan must hold in the worst of them."""
+def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float:
+    """The largest growth of the peak RSS over `base` while `work` runs: the heap's
+    fragmentation makes it vary from run to run, and a plan must hold in the worst of them.
+    What the heap keeps between runs counts in the growth, as it does between frames."""
     peaks = []
     for _ in range(repeats):
-        rest = _settled_rss()
+        _settled_rss()
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError as exc:
             raise SystemExit(f"cannot reset the peak RSS to measure: {exc}") from exc
         work()
-        peaks.append(max(0.0, read_memory().peak_mb - rest))
+        peaks.append(max(0.0, read_memory().peak_mb - base))
     return max(peaks)
 
 

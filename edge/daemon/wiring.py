@@ -123,7 +123,8 @@ def build_planner(config: EdgeConfig, state: Optional[Path] = None) -> Planner:
     state = state or state_dir(config)
     memory_model = _memory_model(config, ModelStore(model_dir(config)), state)
     return Planner(memory_model, config.resources.memory_mb, config.ocr.det_limit_side,
-                   config.ocr.rec_batch, config.images.max_side)
+                   config.ocr.rec_batch, config.images.max_side,
+                   1 if config.images.grey else 3)
 
 
 def _memory_model(config: EdgeConfig, store: ModelStore, state: Path) -> MemoryModel:

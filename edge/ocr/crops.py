@@ -33,10 +33,11 @@ def scaled_width(crop: np.ndarray, height: int, max_width: int) -> int:
 def pack_batch(crops: list[np.ndarray], height: int, width: int,
                widths: list[int] | None = None) -> np.ndarray:
     """Resize each crop to `height` (its own width, or `widths[i]`), normalise to [-1, 1],
-    and pad with zeros to `width`. Returns NCHW float32."""
+    and pad with zeros to `width`. Returns NCHW float32; a grey crop fills all three channels."""
     batch = np.zeros((len(crops), 3, height, width), np.float32)
     for i, crop in enumerate(crops):
         w = widths[i] if widths else scaled_width(crop, height, width)
         resized = cv2.resize(crop, (w, height), interpolation=cv2.INTER_LINEAR)
-        batch[i, :, :, :w] = resized.transpose(2, 0, 1) * (2.0 / 255.0) - 1.0
+        planes = resized.transpose(2, 0, 1) if resized.ndim == 3 else resized[np.newaxis]
+        batch[i, :, :, :w] = planes * (2.0 / 255.0) - 1.0
     return batch

@@ -24,6 +24,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 _REDUCED_JPEG_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                        4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_GREY_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+                       4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -34,13 +36,15 @@ class ImageLimits:
     `max_pixels` refuses bombs outright; `max_side` is the longest side worth decoding (larger
     JPEGs are decoded at 1/2, 1/4 or 1/8 size, others are resized after decoding). Their defaults
     are the config's (`edge.daemon.budgeted_engine.image_limits` builds the limits from its
-    images section).
+    images section). `grey` decodes to one channel: a third of the memory, and the stages
+    read it as they read colour.
     """
 
     max_bytes: int
     max_pixels: int
     max_side: int
     max_decode_pixels: int = 0  # largest buffer the decoder may fill (a RAM budget); 0 = any
+    grey: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def decode_bytes(data: bytes, limits: ImageLimits) -> DecodedImage:
             f"{header.format} {header.width}x{header.height} would decode to {decoded_pixels} "
             f"pixels, over the {limits.max_decode_pixels} the memory budget allows",
             "send a smaller image, a JPEG (decoded reduced), or raise resources.memory_mb")
-    image = _imdecode(data, _REDUCED_JPEG_FLAGS[factor])
+    flags = (_REDUCED_GREY_FLAGS if limits.grey else _REDUCED_JPEG_FLAGS)[factor]
+    image = _imdecode(data, flags)
     width, height = _upright_size(header, image)
     image = _shrink_to(image, limits.max_side)
     return DecodedImage(image, width, height, width / image.shape[1])
@@ -126,7 +131,7 @@ def _imdecode(data: bytes, flags: int) -> np.ndarray:
         raise ImageUnreadableError(f"the decoder refused the image: {exc.err}") from exc
     if image is None or image.size == 0:
         raise ImageUnreadableError("the image data is corrupt or truncated")
-    if image.ndim == 2:
+    if image.ndim == 2 and flags not in _REDUCED_GREY_FLAGS.values():
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image
 
@@ -243,7 +248,9 @@ def _probe_tiff(data: bytes) -> ImageHeader | None:
 def from_pixels(pixels: np.ndarray, limits: ImageLimits) -> DecodedImage:
     """A camera frame as engine input, shrunk to `limits.max_side` like a decoded file."""
     height, width = pixels.shape[:2]
-    if pixels.ndim == 2:
+    if pixels.ndim == 2 and not limits.grey:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    elif pixels.ndim == 3 and limits.grey:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     image = _shrink_to(pixels, limits.max_side)
     return DecodedImage(image, width, height, width / image.shape[1])
