@@ -179,7 +179,8 @@ def models_quantize(args: argparse.Namespace) -> int:
     for pack in _packs(store, args.pack):
         present = store.variants(pack)
         for precision in wanted:
-            current = precision in present and quantize.is_current(present[precision])
+            current = precision in present and quantize.is_current(present[precision],
+                                                                  store.spec(pack).preprocess)
             if args.if_missing and current:
                 print(f"{pack} {precision}: present")
                 continue

@@ -104,4 +104,6 @@ def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) ->
         multiple=preprocess["det_multiple"], min_side=config.det_min_side,
         limit_side=config.det_limit_side,
         thresh=pick(config.det_thresh, "thresh"), box_thresh=pick(config.box_thresh, "box_thresh"),
-        unclip_ratio=pick(config.unclip_ratio, "unclip_ratio"))
+        unclip_ratio=pick(config.unclip_ratio, "unclip_ratio"),
+        end_pad=postprocess.get("end_pad", 0.0),
+        end_pad_tilt=postprocess.get("end_pad_tilt", DetectorSettings.end_pad_tilt))

@@ -45,6 +45,9 @@ CHECK_SEED = 1000
 QUANTIZED_OPS = None  # every op type ORT can run quantized
 # How each variant is built; a variant built by an older recipe is rebuilt by --if-missing.
 RECIPES = {"int8": 4, "fp16": 1}
+# The detector input normalisation an int8 variant was calibrated for is recorded under this key;
+# once the manifest's differs, the variant is rebuilt by --if-missing like an older recipe.
+DET_INPUT = "det_input"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def build_int8(store: ModelStore, pack: str, calibration: CalibrationSet) -> Var
     files = dict(fp32.files, det=det_out)
     write_variant(pack_dir, "int8", files, {"calibration": calibration.description,
                                             "quantized": ["det"], "recipe": RECIPES["int8"],
+                                            DET_INPUT: det_input(spec.preprocess),
                                             "agreement": None})
     return _record_agreement(store, pack, "int8", calibration.check)
 
@@ -108,9 +112,20 @@ def build_fp16(store: ModelStore, pack: str, check: list[DecodedImage]) -> Varia
     return _record_agreement(store, pack, "fp16", check)
 
 
-def is_current(variant: Variant) -> bool:
-    """True when the variant was built by this version's recipe (variants without one: 1)."""
-    return variant.info.get("recipe", 1) == RECIPES.get(variant.precision, 1)
+def is_current(variant: Variant, preprocess: dict | None = None) -> bool:
+    """True when the variant was built by this version's recipe (variants without one: 1) and,
+    given the pack's `preprocess`, a quantized detector was calibrated for its normalisation."""
+    if variant.info.get("recipe", 1) != RECIPES.get(variant.precision, 1):
+        return False
+    if preprocess is None or "det" not in variant.info.get("quantized", ()):
+        return True
+    return variant.info.get(DET_INPUT) == det_input(preprocess)
+
+
+def det_input(preprocess: dict) -> dict:
+    """The detector input normalisation of a pack's `preprocess`, as variant.json records it."""
+    return {"mean": [float(v) for v in preprocess["det_mean"]],
+            "std": [float(v) for v in preprocess["det_std"]]}
 
 
 def pre_process(source: Path, folder: Path) -> Path:

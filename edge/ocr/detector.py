@@ -32,7 +32,11 @@ class DetectorSettings:
     more reliably); `limit_side` caps the longest side fed to the model and wins over min_side;
     `max_pixels`, a cap on the area of one model run that a RAM budget sets, tiles the input;
     `thresh` binarises the probability map; `box_thresh` drops boxes whose mean probability is
-    lower; `unclip_ratio` grows each shrunk text kernel back to the whole line.
+    lower; `unclip_ratio` grows each shrunk text kernel back to the whole line; `end_pad` then
+    lengthens a box tilted at least `end_pad_tilt` degrees by that fraction of its thickness at
+    each end: on tilted and foreshortened lines the probability map stops short of the first and
+    last characters, while level lines (receipts) are boxed whole and a longer box only takes in
+    the next column.
     `input_quantization` is the (scale, zero point) of a model that takes its input already
     quantized to uint8 (the int8 variant); None for a model that takes float32.
     """
@@ -46,6 +50,8 @@ class DetectorSettings:
     thresh: float = 0.3
     box_thresh: float = 0.5
     unclip_ratio: float = 1.6
+    end_pad: float = 0.0
+    end_pad_tilt: float = 2.0
     dilate: bool = True
     min_box_side: float = 3.0
     max_candidates: int = 1000
@@ -73,6 +79,11 @@ class Detector:
             boxes[:, :, 0] = np.clip(boxes[:, :, 0] * scale_x, 0, image.shape[1] - 1)
             boxes[:, :, 1] = np.clip(boxes[:, :, 1] * scale_y, 0, image.shape[0] - 1)
         return boxes
+
+    @property
+    def settings(self) -> DetectorSettings:
+        """The pre- and post-processing this detector runs with."""
+        return self._settings
 
     @property
     def threshold(self) -> float:
@@ -182,7 +193,21 @@ class Detector:
         w, h = w + 2 * grow, h + 2 * grow
         if min(w, h) < settings.min_box_side + 2:
             return None
+        if _tilt(w, h, angle) >= settings.end_pad_tilt:
+            w, h = _lengthen(w, h, settings.end_pad)
         return order_clockwise(cv2.boxPoints((center, (w, h), angle)))
+
+
+def _tilt(w: float, h: float, angle: float) -> float:
+    """Degrees (0-90) between a rotated rectangle's longer side and the horizontal."""
+    tilt = abs(angle if w >= h else angle - 90.0) % 180.0
+    return min(tilt, 180.0 - tilt)
+
+
+def _lengthen(w: float, h: float, pad: float) -> tuple[float, float]:
+    """The longer side grown by `pad` times the shorter one at each end."""
+    extra = 2.0 * pad * min(w, h)
+    return (w + extra, h) if w >= h else (w, h + extra)
 
 
 def tile_count(width: int, height: int, cap: int, multiple: int = 32) -> int:
