@@ -38,7 +38,7 @@ SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_f
 
 
 def test_plan_fits_the_budget_and_shrinks_with_it():
-    roomy = Planner(SMALL, 512, 1280, 4, 4096).plan()
+    roomy = Planner(SMALL, 640, 1280, 4, 4096).plan()
     tight = Planner(SMALL, 256, 1280, 4, 4096).plan()
     for plan in (roomy, tight):
         assert plan.predicted_mb <= plan.budget_mb * HEADROOM
@@ -54,20 +54,20 @@ def test_plan_fits_the_budget_and_shrinks_with_it():
 
 def test_a_tight_budget_keeps_the_resolution_and_tiles_the_detector_instead():
     roomy = Planner(SMALL, 1024, 1280, 4, 2048).plan()
-    tight = Planner(SMALL, 230, 1280, 4, 2048).plan()
+    tight = Planner(SMALL, 260, 1280, 4, 2048).plan()
     assert roomy.image_max_side == tight.image_max_side == 2048
-    assert roomy.det_max_pixels == 1280 * 1280 and tight.det_max_pixels < 400_000
-    assert tight.rec_max_width >= 960 and tight.predicted_mb <= 230 * HEADROOM
-    words = Planner(SMALL, 230, 1280, 4, 2048).in_words(tight)
-    assert "1/2 scale to 1754 px tall and detected in 4 tile(s)" in words and "capitals" in words
+    assert roomy.det_max_pixels == 1280 * 1280 and tight.det_max_pixels <= 400_000
+    assert tight.rec_max_width >= 960 and tight.predicted_mb <= 260 * HEADROOM
+    words = Planner(SMALL, 260, 1280, 4, 2048).in_words(tight)
+    assert "1/1 scale to 2048 px tall and detected in 4 tile(s)" in words and "capitals" in words
 
 
 def test_grey_documents_leave_the_recogniser_more_room():
-    colour = Planner(SMALL, 240, 1280, 4, 2048).plan()
-    grey = Planner(SMALL, 240, 1280, 4, 2048, channels=1).plan()
+    colour = Planner(SMALL, 260, 1280, 4, 2048).plan()
+    grey = Planner(SMALL, 260, 1280, 4, 2048, channels=1).plan()
     assert grey.image_max_side == colour.image_max_side
     assert grey.rec_max_columns > colour.rec_max_columns
-    assert grey.predicted_mb <= 240 * HEADROOM
+    assert grey.predicted_mb <= 260 * HEADROOM
 
 
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():

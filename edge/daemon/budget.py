@@ -24,8 +24,12 @@ from edge.ocr.imageio import ImageLimits, jpeg_reduction
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 0.90  # plan for this share of the budget; the rest absorbs what the probe cannot see
-DEGRADE_AT = 0.96  # a peak above this share of the budget steps the plan down
+HEADROOM = 0.95  # plan for this share of the budget: the daemon's own per-frame memory (the file)
+# measured: on real pages the daemon's working memory above its rest came to up to 1.4 times
+# what the probe predicted (tiny pack 27 MB for 19, small pack 106 MB for 79), so working memory
+# is planned at this factor
+WORKING_MARGIN = 1.4
+DEGRADE_AT = 0.98  # a peak above this share of the budget steps the plan down
 DECODE_SHARE = 0.90  # a decode (measured per pixel, nothing else running) may reach this share
 REC_FULL_WIDTH = 1600  # the recogniser's widest line at full quality
 REC_MIN_WIDTH = 320  # below this lines are squeezed too far to read
@@ -96,14 +100,15 @@ DECODE_BYTES_PER_PIXEL = 7.0  # measured: 4.5-6.3 per decoded pixel (JPEG, PNG) 
 
 def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int,
          wanted_image_side: int, channels: int = 3) -> Plan:
-    """The most accurate settings whose predicted peak fits `budget_mb` with HEADROOM to spare.
+    """The most accurate settings whose predicted peak fits `budget_mb` with HEADROOM to spare,
+    working memory counted at WORKING_MARGIN times the measured.
 
     Resolution comes first: the largest decode size for which a detector tile and a recogniser
     line of useful size still fit. The detector keeps its scale and runs over tiles, so the
     budget costs speed before it costs text. `channels` is the decoded image's (1 when
     documents are decoded grey).
     """
-    usable = budget_mb * HEADROOM - model.base_mb
+    usable = (budget_mb * HEADROOM - model.base_mb) / WORKING_MARGIN
     sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
     for min_width, side in itertools.product((REC_GOOD_WIDTH, REC_MIN_WIDTH), sides):
         image_mb = _image_mb(side, channels)
@@ -114,9 +119,10 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
             decode_room = budget_mb * DECODE_SHARE - model.base_mb
             return Plan(budget_mb, det_pixels, wanted_side, rec_width, columns, side,
                         round(decode_room, 1),
-                        round(model.base_mb + image_mb + stage_mb, 1))
-    need = (model.base_mb + _image_mb(_SMALLER_SIDES[-1], channels) + _map_mb(wanted_side)
-            + max(model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH)))
+                        round(model.base_mb + (image_mb + stage_mb) * WORKING_MARGIN, 1))
+    need = model.base_mb + WORKING_MARGIN * (
+        _image_mb(_SMALLER_SIDES[-1], channels) + _map_mb(wanted_side)
+        + max(model.detector_mb_at(DET_MIN_PIXELS), model.recognizer_mb(REC_MIN_WIDTH)))
     raise ConfigError(f"resources.memory_mb {budget_mb} is too small for this pack: it needs "
                       f"about {need / HEADROOM:.0f} MB",
                       "raise resources.memory_mb, or choose a smaller ocr.pack")
@@ -164,7 +170,8 @@ class Planner:
         """The detector's tile area for one image: the whole input if it fits beside the
         decoded image, else what is left once the image and the stitched map are held (never
         less than the plan's, which assumed the largest image)."""
-        room = self.budget_mb * HEADROOM - self.model.base_mb - image_bytes / _MB
+        room = ((self.budget_mb * HEADROOM - self.model.base_mb) / WORKING_MARGIN
+                - image_bytes / _MB)
         if self.model.detector_mb_at(input_pixels) <= room:
             return input_pixels
         room -= _beyond_probe_mb(input_pixels) + self.model.det_fixed_mb
