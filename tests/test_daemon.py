@@ -280,14 +280,8 @@ def normal_corpus(count: int) -> list[tuple[str, bytes]]:
             for n in range(count)]
 
 
-SMALL_OVER_BUDGET = pytest.mark.xfail(strict=False, reason=(
-    "known defect: under the tiled plan the small pack's first dense pages peaked at 244-265 MB "
-    "for 256 MB from run to run (the recogniser stage on a page of ~50 lines takes more than "
-    "the memory probe predicts); the tiny pack at 160 MB holds"))
-
-
 @pytest.mark.parametrize("pack, charset, budget_mb", [
-    pytest.param("ppocr-v6-small", "all", 256, marks=SMALL_OVER_BUDGET),
+    ("ppocr-v6-small", "all", 256),
     ("ppocr-v6-tiny", "latin", 160)])
 def test_peak_rss_stays_inside_the_memory_budget(tmp_path, broker, run_daemon, pack, charset,
                                                  budget_mb):
