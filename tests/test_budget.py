@@ -225,7 +225,8 @@ def test_a_large_page_of_small_print_is_read_under_a_160_mb_budget(tmp_path, bro
                     cv2.FONT_HERSHEY_SIMPLEX, 3.0, (30, 30, 30), 6, cv2.LINE_AA)
     subscriber = Subscriber(broker.port)
     daemon = Daemon(tmp_path / "daemon", broker.port, {
-        "ocr": {"pack": "ppocr-v6-tiny", "charset": "latin"}, "images": {"max_side": 1700},
+        "ocr": {"pack": "ppocr-v6-tiny", "charset": "latin"},
+        "images": {"max_side": 1700, "grey": True},  # as config/examples/pi-low-memory.yaml
         "resources": {"memory_mb": 160}}).start()
     try:
         daemon.wait_ready(subscriber, timeout=120)

@@ -280,14 +280,14 @@ def normal_corpus(count: int) -> list[tuple[str, bytes]]:
             for n in range(count)]
 
 
-@pytest.mark.parametrize("pack, charset, budget_mb", [
-    ("ppocr-v6-small", "all", 256),
-    ("ppocr-v6-tiny", "latin", 160)])
+@pytest.mark.parametrize("pack, charset, grey, budget_mb", [
+    ("ppocr-v6-small", "all", False, 256),
+    ("ppocr-v6-tiny", "latin", True, 160)])  # as config/examples/pi-low-memory.yaml
 def test_peak_rss_stays_inside_the_memory_budget(tmp_path, broker, run_daemon, pack, charset,
-                                                 budget_mb):
+                                                 grey, budget_mb):
     subscriber = Subscriber(broker.port)
     daemon = run_daemon(broker.port, ocr={"pack": pack, "charset": charset},
-                        resources={"memory_mb": budget_mb})
+                        images={"grey": grey}, resources={"memory_mb": budget_mb})
     daemon.wait_ready(subscriber, timeout=120)
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -52,7 +52,8 @@ def test_memory_controller_on_cgroup_v1_is_read_from_proc_cgroups(tmp_path):
 
 def test_doctor_and_check_config_say_what_the_ram_budget_costs(tmp_path):
     config = tmp_path / "pi.yaml"
-    config.write_text("ocr:\n  pack: ppocr-v6-tiny\n  charset: latin\nimages:\n  max_side: 1700\n"
+    config.write_text("ocr:\n  pack: ppocr-v6-tiny\n  charset: latin\n"
+                      "images:\n  max_side: 1700\n  grey: true\n"
                       f"resources:\n  memory_mb: 160\npaths:\n  state_dir: {tmp_path / 'state'}\n")
     doctor = run_cli("doctor", "--config", str(config)).stdout.splitlines()
     plan = next(line for line in doctor if line.startswith("ok    RAM plan: budget 160 MB"))
