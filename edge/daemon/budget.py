@@ -24,7 +24,7 @@ from edge.ocr.imageio import ImageLimits, jpeg_reduction
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 0.95  # plan for this share of the budget: the daemon's own per-frame memory (the file)
+HEADROOM = 0.95  # plan for this share of the budget; the rest is for the file being read
 # measured: on real pages the daemon's working memory above its rest came to up to 1.4 times
 # what the probe predicted (tiny pack 27 MB for 19, small pack 106 MB for 79), so working memory
 # is planned at this factor

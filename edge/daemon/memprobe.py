@@ -35,14 +35,8 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     models = load_models(config, ModelStore(model_dir))
     page = render_page(1, lines=8).image
     assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
-    # the detector as a budget runs it: over tiles of a page larger than any of them, the
-    # stitched map included (the page itself is the decoded image's, planned apart)
     base = _settled_rss()
-    wide = cv2.resize(page, (PROBE_SIDE, PROBE_SIDE * 3 // 4))
-    with_page = _settled_rss()
-    det = [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide), with_page))
-           for cap in (200_000, 350_000, 500_000, 650_000, 800_000)]
-    del wide
+    det = _detector_points(models, config, page)
     # a page's worth of lines of assorted widths, read in batches under several column caps:
     # the batches follow one another as on a real page, so what the heap keeps between them
     # counts too
@@ -53,6 +47,16 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     rec_fixed, rec_slope = _line_fit(rec)
     return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
                        round(rec_fixed, 1), round(rec_slope, 2))
+
+
+def _detector_points(models, config: OcrConfig, page) -> list[tuple[float, float]]:
+    """(tile MP, peak MB) of the detector as a budget runs it: over tiles of a page larger
+    than any of them, the stitched map included. The page itself is held outside the
+    measurement (the plan counts the decoded image apart)."""
+    wide = cv2.resize(page, (PROBE_SIDE, PROBE_SIDE * 3 // 4))
+    with_page = _settled_rss()
+    return [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide), with_page))
+            for cap in (200_000, 350_000, 500_000, 650_000, 800_000)]
 
 
 def _tiled_detector(models, config: OcrConfig, cap: int):
