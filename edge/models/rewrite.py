@@ -311,9 +311,10 @@ def fold_residual_gates(model: onnx.ModelProto) -> int:
     gates = {info.name for info in graph.value_info
              if [dim.dim_value for dim in info.type.tensor_type.shape.dim][2:] == [1, 1]}
     one = "residual_gate.one"
+    consumers = _consumers(graph)  # each fold rewires only its own Mul and Add
     count = 0
     for add in list(graph.node):
-        match = _match_residual_gate(graph, add, gates)
+        match = _match_residual_gate(graph, add, gates, consumers)
         if match is None:
             continue
         mul, gate = match
@@ -329,11 +330,10 @@ def fold_residual_gates(model: onnx.ModelProto) -> int:
     return count
 
 
-def _match_residual_gate(graph, add, gates: set):
+def _match_residual_gate(graph, add, gates: set, consumers: dict):
     """(Mul, gate tensor) when `add` is Add(x, Mul(x, gate)) and the Mul feeds only it."""
     if add.op_type != "Add" or len(add.input) != 2:
         return None
-    consumers = _consumers(graph)
     for source, product in (add.input, add.input[::-1]):
         mul = _producer(graph, product)
         if (mul is None or mul.op_type != "Mul" or source not in mul.input
