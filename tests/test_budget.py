@@ -200,8 +200,10 @@ def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):
     Path("/proc/self/clear_refs").write_text("5")  # this process's peak so far is not the plan's
     model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=1.3, det_mb_per_mpx=69.6,
                         rec_fixed_mb=3.8, rec_mb_per_kcol=7.3)  # the tiny pack's, measured
+    # 90 MB of working memory: the pytest process's heap, after the tests before this one,
+    # takes more than a daemon's (at 70 its peak came within 2% of the budget in some runs)
     engine = DaemonEngine(models, ocr, images,
-                          Planner(model, int((model.base_mb + 70) / HEADROOM), 1280, 2, 1700))
+                          Planner(model, int((model.base_mb + 90) / HEADROOM), 1280, 2, 1700))
     assert engine.plan.det_max_pixels < 905 * 1280  # the A4 page is detected in tiles
 
     def read(order):

@@ -11,7 +11,8 @@ from edge.cli.evaluate import polygon_iou
 from edge.config import ImagesConfig, OcrConfig
 from edge.daemon.budgeted_engine import image_limits
 from edge.models.calibration import render_page
-from edge.models.factory import assemble, load_models
+from edge.models.factory import MemoryCaps, assemble, load_models
+from edge.ocr.crops import split_wide
 from edge.ocr.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
 
@@ -154,3 +155,29 @@ def test_thresholds_and_the_side_limit_follow_the_config(store):
     assert _mean_area(tight) < _mean_area(default) < _mean_area(loose)
     detector = assemble(models, OcrConfig(precision="int8", det_limit_side=320)).detector
     assert max(detector.preprocess(image.pixels)[0].shape[2:]) <= 320
+
+
+def test_a_line_wider_than_the_recogniser_takes_is_read_whole_in_pieces(store):
+    models = load_models(OcrConfig(precision="int8"), store)
+    text = "ORDER 4471 PAID BY CARD TOTAL 1234.56 THANK YOU COME AGAIN"
+    line = np.full((64, 1500, 3), 245, np.uint8)
+    cv2.putText(line, text, (10, 44), cv2.FONT_HERSHEY_DUPLEX, 1.0, (15, 15, 15), 2, cv2.LINE_AA)
+    # at the recogniser's 48 rows the line is 1125 columns: pieces of at most 320
+    narrow = assemble(models, OcrConfig(precision="int8"),
+                      MemoryCaps(rec_max_width=320, rec_max_columns=640)).recognizer
+    assert len(split_wide(line, 48, 320, 48)) > 4
+    assert [r.text for r in narrow([line, line[:, :400]])] == [text, "ORDER 4471 PAID BY CARD"]
+
+
+def test_pieces_of_a_wide_line_are_cut_in_gaps_and_keep_every_column_once():
+    line = np.full((48, 1000), 255, np.uint8)
+    for left in range(0, 1000, 42):
+        line[10:38, left:left + 30] = 0  # letters 30 columns wide, gaps of 12
+    pieces = split_wide(line, 48, 320, 48)
+    kept = [column for piece in pieces
+            for column in range(piece.keep_from, piece.keep_to)]
+    assert all(piece.pixels.shape[1] <= 320 for piece in pieces)
+    starts = np.cumsum([0] + [p.keep_to - p.keep_from for p in pieces])
+    assert starts[-1] == len(kept) == 1000
+    for cut in starts[1:-1]:
+        assert line[24, cut] == 255  # in a gap, not through a letter

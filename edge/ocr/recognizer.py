@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from edge.ocr.crops import pack_batch, scaled_width
+from edge.ocr.crops import Piece, pack_batch, scaled_width, split_wide
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -18,8 +18,9 @@ class RecognizerSettings:
     """Batching of the recogniser.
 
     Crops are sorted by width and batched; each batch is padded to a width rounded up to
-    `width_multiple`, so few distinct input shapes reach the runtime. `max_width` caps very long
-    lines (they are squeezed, not cut). `max_columns` caps batch size times padded width, the
+    `width_multiple`, so few distinct input shapes reach the runtime. A line wider than
+    `max_width` is read in pieces that overlap by `context` columns, and each piece's reading
+    counts only away from its cuts. `max_columns` caps batch size times padded width, the
     recogniser's working memory: wide lines then go in smaller batches. Its default bounds the
     output layer's tensors (batch x width/8 x classes floats) to 15 MB each with 18710 classes,
     where a batch of four 1600-wide lines makes them 60 MB each.
@@ -31,6 +32,17 @@ class RecognizerSettings:
     width_multiple: int = 8
     batch_size: int = 4
     max_columns: int = 1600
+    context: int = 48
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The model's reading of one crop: the best class and its probability at each time step
+    (the padding's included), and the input columns a step covers."""
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    stride: float
 
 
 @dataclass(frozen=True)
@@ -53,15 +65,28 @@ class Recognizer:
     def __call__(self, crops: list[np.ndarray]) -> list[Recognition]:
         """Recognise every crop; the result list matches the input order."""
         settings = self._settings
+        split = [split_wide(c, settings.height, settings.max_width, settings.context)
+                 for c in crops]
+        inputs = [image for crop, pieces in zip(crops, split)
+                  for image in ([p.pixels for p in pieces] or [crop])]
+        steps = iter(self._read(inputs))
+        return [self._text(_stitched([(next(steps), p) for p in pieces]) if pieces
+                           else next(steps)) for pieces in split]
+
+    def _read(self, crops: list[np.ndarray]) -> list[Steps]:
+        """The model's reading of each crop."""
+        settings = self._settings
         widths = [scaled_width(c, settings.height, settings.max_width) for c in crops]
         order = np.argsort(widths, kind="stable")
-        results: list[Recognition | None] = [None] * len(crops)
+        results: list[Steps | None] = [None] * len(crops)
         for index in self._batches(order, widths):
             batch_widths = [widths[i] for i in index]
             width = self._bucket(max(batch_widths))
             batch = pack_batch([crops[i] for i in index], settings.height, width, batch_widths)
-            for i, recognition in zip(index, self._decode(self._model(batch))):
-                results[i] = recognition
+            probs = self._model(batch)
+            stride = width / probs.shape[1]
+            for i, best, confidence in zip(index, probs.argmax(axis=2), probs.max(axis=2)):
+                results[i] = Steps(best, confidence, stride)
         return results  # type: ignore[return-value]
 
     def _batches(self, order: np.ndarray, widths: list[int]) -> Iterator[list[int]]:
@@ -82,15 +107,23 @@ class Recognizer:
         width = max(self._settings.min_width, math.ceil(width / multiple) * multiple)
         return min(self._settings.max_width, width)
 
-    def _decode(self, probs: np.ndarray) -> list[Recognition]:
-        """Greedy CTC: best class per step, repeats merged, blanks dropped."""
-        best = probs.argmax(axis=2)
-        confidence = probs.max(axis=2)
-        out = []
-        for classes, conf in zip(best, confidence):
-            keep = classes != 0
-            keep[1:] &= classes[1:] != classes[:-1]
-            chars = self._charset[classes[keep]]
-            score = float(conf[keep].mean()) if keep.any() else 0.0
-            out.append(Recognition("".join(chars), score))
-        return out
+    def _text(self, steps: Steps) -> Recognition:
+        """Greedy CTC: repeats merged, blanks dropped."""
+        classes, confidence = steps.classes, steps.confidence
+        keep = classes != 0
+        keep[1:] &= classes[1:] != classes[:-1]
+        chars = self._charset[classes[keep]]
+        score = float(confidence[keep].mean()) if keep.any() else 0.0
+        return Recognition("".join(chars), score)
+
+
+def _stitched(read: list[tuple[Steps, Piece]]) -> Steps:
+    """One line's time steps from its pieces': of each piece, the steps centred in the
+    columns it keeps."""
+    classes, confidence = [], []
+    for steps, piece in read:
+        centres = (np.arange(len(steps.classes)) + 0.5) * steps.stride
+        kept = (centres >= piece.keep_from) & (centres < piece.keep_to)
+        classes.append(steps.classes[kept])
+        confidence.append(steps.confidence[kept])
+    return Steps(np.concatenate(classes), np.concatenate(confidence), read[0][0].stride)
