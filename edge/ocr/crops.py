@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 VERTICAL_RATIO = 1.5  # a crop this many times taller than wide is a vertical line
+EMPTY_CONTRAST = 0.3  # a column under this share of the line's median contrast holds no ink
 
 
 def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
@@ -45,19 +46,22 @@ class Piece:
 
 def split_wide(crop: np.ndarray, height: int, max_width: int, context: int) -> list[Piece]:
     """A line wider than `max_width` once resized to `height`, as pieces at most that wide
-    (`context` columns of each neighbour included); each cut falls on the emptiest column of
-    its stretch, between letters or words. A line that fits gives no pieces."""
+    (`context` columns of each neighbour included). Each cut falls at the end of the widest
+    gap of its stretch (between words where there is one, else between letters): the piece
+    before it keeps the gap, and with it the space the model reads there. A line that fits
+    gives no pieces."""
     width = math.ceil(height * crop.shape[1] / crop.shape[0])
     if width <= max_width:
         return []
     line = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
     context = min(context, max_width // 4)
-    emptiness = _smoothed_contrast(line)
+    contrast = _contrast(line)
+    empty = contrast <= EMPTY_CONTRAST * np.median(contrast)
     stretch = max_width - 2 * context
     cuts = [0]
     while width - cuts[-1] + context > max_width:
         low = cuts[-1] + stretch // 2
-        cuts.append(low + int(np.argmin(emptiness[low:cuts[-1] + stretch])))
+        cuts.append(low + _widest_gap(empty[low:cuts[-1] + stretch], contrast[low:]))
     cuts.append(width)
     pieces = []
     for start, end in zip(cuts, cuts[1:]):
@@ -66,14 +70,24 @@ def split_wide(crop: np.ndarray, height: int, max_width: int, context: int) -> l
     return pieces
 
 
-def _smoothed_contrast(line: np.ndarray) -> np.ndarray:
-    """Each column's contrast (brightest minus darkest pixel) in the line's middle three
-    fifths, where letters are and the crop's borders are not, averaged over five columns so
-    that the lowest falls in the middle of a gap."""
+def _contrast(line: np.ndarray) -> np.ndarray:
+    """Each column's contrast (brightest minus darkest pixel), the crop's top and bottom
+    eighths left out (a neighbouring line's ink may reach into them)."""
     grey = line if line.ndim == 2 else cv2.cvtColor(line, cv2.COLOR_BGR2GRAY)
-    middle = grey[grey.shape[0] // 5: grey.shape[0] * 4 // 5].astype(np.int16)
-    contrast = (middle.max(axis=0) - middle.min(axis=0)).astype(np.float32)
-    return np.convolve(contrast, np.ones(5, np.float32) / 5, mode="same")
+    middle = grey[grey.shape[0] // 8: grey.shape[0] * 7 // 8].astype(np.int16)
+    return (middle.max(axis=0) - middle.min(axis=0)).astype(np.float32)
+
+
+def _widest_gap(empty: np.ndarray, contrast: np.ndarray) -> int:
+    """The column after the longest run of empty columns, or the column of least contrast
+    where none is empty."""
+    best, run_start, best_len = -1, 0, 0
+    for column, is_empty in enumerate([*empty, False]):
+        if not is_empty:
+            if column - run_start > best_len:
+                best, best_len = column, column - run_start
+            run_start = column + 1
+    return best if best >= 0 else int(np.argmin(contrast[:len(empty)]))
 
 
 def pack_batch(crops: list[np.ndarray], height: int, width: int,

@@ -11,6 +11,10 @@ import numpy as np
 from edge.ocr.crops import Piece, pack_batch, scaled_width, split_wide
 
 Model = Callable[[np.ndarray], np.ndarray]
+# columns by which the model reads a character after the columns it covers; measured on 10 A4
+# scans with lines read in pieces of 328 columns: words F1 0.9395 with 0, 0.9436 with 4 and
+# 0.9404 with 8 (0.9476 with whole lines)
+EMISSION_LAG = 4.0
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,15 @@ class Recognizer:
 
 
 def _stitched(read: list[tuple[Steps, Piece]]) -> Steps:
-    """One line's time steps from its pieces': of each piece, the steps centred in the
-    columns it keeps."""
+    """One line's time steps from its pieces': of each piece, the steps of the columns it
+    keeps. The model reads a character a little after the columns it covers (EMISSION_LAG), so
+    a cut between two pieces is moved by as much in the steps."""
     classes, confidence = [], []
     for steps, piece in read:
-        centres = (np.arange(len(steps.classes)) + 0.5) * steps.stride
-        kept = (centres >= piece.keep_from) & (centres < piece.keep_to)
+        centres = (np.arange(len(steps.classes)) + 0.5) * steps.stride - EMISSION_LAG
+        first = piece.keep_from if piece.keep_from > 0 else -np.inf
+        last = piece.keep_to if piece.keep_to < piece.pixels.shape[1] else np.inf
+        kept = (centres >= first) & (centres < last)
         classes.append(steps.classes[kept])
         confidence.append(steps.confidence[kept])
     return Steps(np.concatenate(classes), np.concatenate(confidence), read[0][0].stride)
