@@ -317,7 +317,7 @@ def _measurements(ocr_json: str, model_dir: Path) -> list[MemoryModel]:
             break
         try:
             models.append(_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S - spent))
-        except ConfigError as exc:  # the time ran out: what was measured stands
+        except ConfigError as exc:  # out of time, or the child failed: what was measured stands
             log.warning("a further measurement of the pack's memory was not kept: %s", exc)
             break
     return models
