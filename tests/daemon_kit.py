@@ -25,6 +25,8 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.daemon.budget import MEASURE_TIMEOUT_S
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -187,6 +189,10 @@ class Daemon:
         return self
 
     def wait_ready(self, subscriber: Subscriber, timeout: float = 60) -> None:
+        """Wait for the daemon's "online"; one with a memory budget is first allowed the time
+        it may take to measure its pack."""
+        if self.settings.get("resources", {}).get("memory_mb", "auto") not in ("auto", 0):
+            timeout += MEASURE_TIMEOUT_S
         wait_for(lambda: any(m.json()["state"] == "online" for m in subscriber.on("status")),
                  timeout, "the daemon to come online")
 

@@ -231,7 +231,7 @@ def test_a_large_page_of_small_print_is_read_under_a_160_mb_budget(tmp_path, bro
         "images": {"max_side": 1700, "grey": True},  # as config/examples/pi-low-memory.yaml
         "resources": {"memory_mb": 160}}).start()
     try:
-        daemon.wait_ready(subscriber, timeout=120)
+        daemon.wait_ready(subscriber)
         daemon.drop("a4-scan.jpg", cv2.imencode(".jpg", page, [cv2.IMWRITE_JPEG_QUALITY, 85]
                                                 )[1].tobytes())
         body = wait_for(lambda: subscriber.results_by_item().get("a4-scan.jpg"), 120,

@@ -288,7 +288,7 @@ def test_peak_rss_stays_inside_the_memory_budget(tmp_path, broker, run_daemon, p
     subscriber = Subscriber(broker.port)
     daemon = run_daemon(broker.port, ocr={"pack": pack, "charset": charset},
                         images={"grey": grey}, resources={"memory_mb": budget_mb})
-    daemon.wait_ready(subscriber, timeout=120)
+    daemon.wait_ready(subscriber)
     outside = tmp_path / "outside"
     outside.mkdir()
     expected = bad_corpus(daemon.spool, outside)
