@@ -193,8 +193,16 @@ class Daemon:
         it may take to measure its pack."""
         if self.settings.get("resources", {}).get("memory_mb", "auto") not in ("auto", 0):
             timeout += MEASURE_TIMEOUT_S
-        wait_for(lambda: any(m.json()["state"] == "online" for m in subscriber.on("status")),
-                 timeout, "the daemon to come online")
+
+        def online() -> bool:
+            if not self.alive():
+                raise AssertionError("the daemon exited before it came online")
+            return any(m.json()["state"] == "online" for m in subscriber.on("status"))
+
+        try:
+            wait_for(online, timeout, "the daemon to come online")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{self.log_text()[-3000:]}") from None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
