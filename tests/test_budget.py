@@ -17,6 +17,8 @@ from edge.daemon import allocator
 from edge.daemon.budget import (
     DET_MIN_PIXELS,
     HEADROOM,
+    MEASUREMENTS,
+    MEASUREMENTS_BEFORE_REFUSING,
     REC_MIN_WIDTH,
     BoxMemory,
     MemoryModel,
@@ -116,14 +118,31 @@ def test_under_a_budget_the_decoders_scratch_is_handed_back_before_the_stages_ru
         del image
 
 
-def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files(store, tmp_path):
+def measurements_logged(caplog) -> list[str]:
+    return [r.message for r in caplog.records if r.message.startswith("measured: ")]
+
+
+def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files(
+        store, tmp_path, caplog):
+    caplog.set_level("INFO", logger="edge.daemon.budget")
     settings = OcrConfig(pack="ppocr-v6-tiny").model_dump_json()
     cache = tmp_path / "memory-model.json"
     model = measured_model(settings, store.root, cache)
     # the output layer alone holds batch x width/8 x 6906 floats: ~14 MB per 1000 columns
     assert model.rec_mb_per_kcol > 5 and model.det_mb_per_mpx > 10
+    assert len(measurements_logged(caplog)) == MEASUREMENTS
     assert measured_model(settings, store.root, cache) == model
+    assert len(measurements_logged(caplog)) == MEASUREMENTS  # the second came from the cache
     assert json.loads(cache.read_text())["key"]["models"]  # variant files are part of the key
+
+
+def test_a_pack_that_does_not_fit_the_budget_is_measured_again_before_it_is_refused(
+        store, tmp_path, caplog):
+    caplog.set_level("INFO", logger="edge.daemon.budget")
+    settings = OcrConfig(pack="ppocr-v6-tiny").model_dump_json()
+    measured_model(settings, store.root, tmp_path / "memory-model.json", fits=lambda model: False)
+    # as many as fit in the time a measurement is given (a busy machine may stop early)
+    assert MEASUREMENTS < len(measurements_logged(caplog)) <= MEASUREMENTS_BEFORE_REFUSING
 
 
 # --- memory_mb: auto ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from edge.daemon import allocator
 from edge.errors import ConfigError
@@ -46,6 +46,9 @@ _SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # all measurements together; below the unit's TimeoutStartSec
 MEASUREMENTS = 3
+# more while the leanest so far still cannot plan the budget: on a busy box one measurement in
+# four of the tiny pack refused 160 MB that the others planned
+MEASUREMENTS_BEFORE_REFUSING = 6
 MEASURE_METHOD = 6  # raised whenever memprobe measures differently: cached models are redone
 
 
@@ -168,6 +171,14 @@ class Planner:
         return plan(self.model, self.budget_mb, self.wanted_side, self.wanted_batch,
                     self.wanted_image_side, self.channels)
 
+    def fits(self) -> bool:
+        """Whether a plan fits the budget at all."""
+        try:
+            self.plan()
+        except ConfigError:
+            return False
+        return True
+
     def tile_pixels(self, plan: Plan, image_bytes: int, input_pixels: int) -> int:
         """The detector's tile area for one image: the whole input if it fits beside the
         decoded image, else what is left once the image and the stitched map are held (never
@@ -287,12 +298,14 @@ def _cgroup_max_mb(path: Path) -> Optional[int]:
 
 # --- measuring (in a child process) ---------------------------------------------------------
 
-def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
+def measured_model(ocr_json: str, model_dir: Path, cache: Path,
+                   fits: Callable[[MemoryModel], bool] = lambda model: True) -> MemoryModel:
     """The memory model for these OCR settings and model files: from the cache, else measured
-    MEASUREMENTS times, each in a child of its own, and the leanest kept. The heap's
-    fragmentation only ever adds to a measurement, and by up to 12 MB from one child to the
-    next: one in four measurements of the tiny pack would have refused a 160 MB budget that
-    the other three plan for (and the cache would have kept the refusal)."""
+    MEASUREMENTS times, each in a child of its own, and the leanest kept (up to
+    MEASUREMENTS_BEFORE_REFUSING times while the leanest does not `fits` the budget). The
+    heap's fragmentation only ever adds to a measurement, and by up to 12 MB from one child
+    to the next: one in four measurements of the tiny pack would have refused a 160 MB budget
+    that the other three plan for (and the cache would have kept the refusal)."""
     key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active(),
            "method": MEASURE_METHOD}
     if cache.exists():
@@ -300,18 +313,19 @@ def measured_model(ocr_json: str, model_dir: Path, cache: Path) -> MemoryModel:
         if cached.get("key") == key:
             return MemoryModel(**cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
-    model = min(_measurements(ocr_json, model_dir), key=_working_mb)
+    model = _leanest_measurement(ocr_json, model_dir, fits)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "model": asdict(model)}), encoding="utf-8")
     return model
 
 
-def _measurements(ocr_json: str, model_dir: Path) -> list[MemoryModel]:
-    """One measurement, and more while they fit in MEASURE_TIMEOUT_S altogether (a slow box
-    keeps its first)."""
+def _leanest_measurement(ocr_json: str, model_dir: Path,
+                         fits: Callable[[MemoryModel], bool]) -> MemoryModel:
+    """The leanest of the measurements made while they fit in MEASURE_TIMEOUT_S altogether
+    (a slow box keeps its first)."""
     started = time.monotonic()
     models = [_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S)]
-    while len(models) < MEASUREMENTS:
+    while _wanted(models, fits):
         spent = time.monotonic() - started
         if spent * (len(models) + 1) / len(models) > MEASURE_TIMEOUT_S:
             break
@@ -320,7 +334,14 @@ def _measurements(ocr_json: str, model_dir: Path) -> list[MemoryModel]:
         except ConfigError as exc:  # out of time, or the child failed: what was measured stands
             log.warning("a further measurement of the pack's memory was not kept: %s", exc)
             break
-    return models
+    return min(models, key=_working_mb)
+
+
+def _wanted(models: list[MemoryModel], fits: Callable[[MemoryModel], bool]) -> bool:
+    """Whether to measure once more."""
+    if len(models) < MEASUREMENTS:
+        return True
+    return len(models) < MEASUREMENTS_BEFORE_REFUSING and not fits(min(models, key=_working_mb))
 
 
 def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> MemoryModel:
@@ -333,7 +354,9 @@ def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> MemoryM
     if done.returncode != 0:
         raise ConfigError(f"measuring the pack's memory use failed: {done.stderr.strip()[-400:]}",
                           "check `edge-ocr models list`")
-    return MemoryModel(**json.loads(done.stdout.splitlines()[-1]))
+    model = MemoryModel(**json.loads(done.stdout.splitlines()[-1]))
+    log.info("measured: %s", model)
+    return model
 
 
 def _working_mb(model: MemoryModel) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from edge import __version__
 from edge.config import EdgeConfig, model_dir, runtime_dir, state_dir
@@ -121,18 +121,23 @@ def build_planner(config: EdgeConfig, state: Optional[Path] = None) -> Planner:
     """The RAM planner for a config with a budget in MB: the pack's memory model (measured
     once in a child, then cached in `state`) and what the config asks for."""
     state = state or state_dir(config)
-    memory_model = _memory_model(config, ModelStore(model_dir(config)), state)
-    return Planner(memory_model, config.resources.memory_mb, config.ocr.det_limit_side,
-                   config.ocr.rec_batch, config.images.max_side,
-                   1 if config.images.grey else 3)
+
+    def planner(model: MemoryModel) -> Planner:
+        return Planner(model, config.resources.memory_mb, config.ocr.det_limit_side,
+                       config.ocr.rec_batch, config.images.max_side,
+                       1 if config.images.grey else 3)
+
+    store = ModelStore(model_dir(config))
+    return planner(_memory_model(config, store, state, lambda model: planner(model).fits()))
 
 
-def _memory_model(config: EdgeConfig, store: ModelStore, state: Path) -> MemoryModel:
+def _memory_model(config: EdgeConfig, store: ModelStore, state: Path,
+                  fits: Callable[[MemoryModel], bool]) -> MemoryModel:
     variant = store.choose(config.ocr.pack, config.ocr.precision,
                            resolve_device(config.ocr.device))
     key = config.ocr.model_copy(update={"precision": variant.precision}).model_dump_json()
     cache = state / f"memory-model-{config.ocr.pack}.json"
-    return budget.measured_model(key, model_dir(config), cache)
+    return budget.measured_model(key, model_dir(config), cache, fits)
 
 
 def _folder(config: EdgeConfig, state: Path, source, queue: WorkQueue,
