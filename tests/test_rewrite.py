@@ -116,33 +116,72 @@ def test_sigmoid_reads_its_scaled_input_through_the_dequantization(tmp_path):
     assert float(np.abs(_run(model, tensor) - expected).max()) <= 3 * step
 
 
+def test_nearest_upsamplings_become_copies_of_the_8_bit_tensor(tmp_path):
+    model = _quantized_upsampling(tmp_path, factor=4)
+    tensor = np.random.default_rng(4).normal(size=(1, 8, 6, 10)).astype(np.float32)
+    expected = _run(model, tensor)
+    assert rewrite.nearest_upsamples_as_copies(model) == 1
+    rewrite.rewrite_quantized(model)
+    onnx.checker.check_model(model)
+    assert _ops(model)["Resize"] == 0 and _ops(model)["Expand"] == 1
+    got = _run(model, tensor)
+    assert got.shape == (1, 8, 24, 40) and np.array_equal(got, expected)
+
+
+def test_built_int8_detectors_have_no_resize_left(store):
+    for pack in ("ppocr-v6-small", "ppocr-v6-tiny"):
+        model = onnx.load(str(store.variant(pack, "int8").files["det"]))
+        assert _ops(model)["Resize"] == 0 and _ops(model)["Expand"] > 0, pack
+
+
 def _quantized_gelu(tmp_path) -> onnx.ModelProto:
     """Conv then x * sigmoid(1.702 x), quantized to QDQ as the detector is."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), "w")
     scale = numpy_helper.from_array(np.array(rewrite.GELU_SIGMOID_SCALE, np.float32), "k")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]),
+             helper.make_node("Mul", ["y", "k"], ["scaled"]),
+             helper.make_node("Sigmoid", ["scaled"], ["gate"]),
+             helper.make_node("Mul", ["y", "gate"], ["out"])]
+    return _quantized(tmp_path, "gelu", nodes, [weight, scale], (1, 8, 6, 6))
+
+
+def _quantized_upsampling(tmp_path, factor: int) -> onnx.ModelProto:
+    """Conv then a nearest-neighbour upsampling by `factor` as the detector's neck has it, then
+    Conv, quantized to QDQ as the detector is."""
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), name)
+               for name in ("w1", "w2")]
+    scales = numpy_helper.from_array(np.array([1, 1, factor, factor], np.float32), "scales")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"]),
+             helper.make_node("Resize", ["y", "", "scales"], ["up"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             helper.make_node("Conv", ["up", "w2"], ["out"])]
+    return _quantized(tmp_path, "upsampling", nodes, [*weights, scales], (1, 8, 6, 10))
+
+
+def _quantized(tmp_path, name: str, nodes: list, initializers: list,
+               shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The float graph of `nodes` from x to out, quantized statically to QDQ on random input."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"]),
-         helper.make_node("Mul", ["y", "k"], ["scaled"]),
-         helper.make_node("Sigmoid", ["scaled"], ["gate"]),
-         helper.make_node("Mul", ["y", "gate"], ["out"])], "gelu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 6, 6])], [weight, scale])
-    float_model = tmp_path / "gelu.onnx"
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializers)
+    float_model = tmp_path / f"{name}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
               str(float_model))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._items = iter([{"x": rng.normal(size=(1, 8, 6, 6)).astype(np.float32)}
+            self._items = iter([{"x": rng.normal(size=shape).astype(np.float32)}
                                 for _ in range(4)])
 
         def get_next(self):
             return next(self._items, None)
 
-    quantized = tmp_path / "gelu.int8.onnx"
+    quantized = tmp_path / f"{name}.int8.onnx"
     quantize_static(str(float_model), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
     return onnx.load(str(quantized))
 

@@ -24,6 +24,11 @@ Each rewrite replaces a pattern ONNX Runtime runs slowly once quantized by one i
   widened to 16 with zero weights. Exact.
 - `fold_sigmoid_input_scales` (on the quantized model): the 1.702 x of the GELU is read by
   the Sigmoid through a dequantization with 1.702 times the scale, and its Mul is gone.
+- `nearest_upsamples_as_copies` (on the quantized model): the neck's nearest-neighbour
+  upsamplings by 2, 4 and 8 become plain copies of the 8-bit tensor, each pixel repeated.
+  ONNX Runtime runs Resize on channels-last 8-bit tensors by a general path (4.6-8.6 ms at
+  176x320x96 against 0.6 ms for the copy). Exact: the probability map is bit-identical, and a
+  1280x704 frame took 1.10x (small) and 1.11x (tiny) less time.
 
 They run on the model after ONNX Runtime's pre-processing (biases already folded into Conv).
 Measured on the small detector at 1280x736: 18-26% less time per frame (two runs), and working
@@ -61,6 +66,7 @@ def rewrite_for_int8(model: onnx.ModelProto) -> onnx.ModelProto:
 def rewrite_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """Apply the rewrites of a quantized (QDQ) model; changed in place and returned."""
     fold_sigmoid_input_scales(model)
+    nearest_upsamples_as_copies(model)
     _drop_unused_nodes(model.graph)
     _drop_unused_initializers(model.graph)
     return model
@@ -126,6 +132,86 @@ def _dequantized_constant(node, weights: dict):
 
 def _scalar_initializer(weights: dict, name: str) -> bool:
     return name in weights and int(np.prod(weights[name].dims)) == 1
+
+
+def nearest_upsamples_as_copies(model: onnx.ModelProto) -> int:
+    """In a QDQ model, a nearest-neighbour Resize by a whole factor k, read through a
+    DequantizeLinear and written through a QuantizeLinear of the same scale and zero point,
+    becomes a copy of the 8-bit tensor with each pixel repeated k x k times: channels-last
+    (ONNX Runtime cancels these transposes against its own channels-last layout), a unit axis
+    after each of H and W, Expand to k along both, Reshape to (kH, kW), channels-first again."""
+    graph, weights = model.graph, _initializers(model.graph)
+    consumers = _consumers(graph)
+    count = 0
+    for resize in list(graph.node):
+        match = resize.op_type == "Resize" and _match_quantized_upsample(graph, resize, consumers,
+                                                                        weights)
+        if not match:
+            continue
+        source, quantize, factor = match
+        at = list(graph.node).index(resize)
+        graph.node.remove(resize)
+        graph.node.remove(quantize)
+        for offset, node in enumerate(_repeated_pixels(graph, resize.name, source,
+                                                       quantize.output[0], factor)):
+            graph.node.insert(at + offset, node)
+        count += 1
+    return count
+
+
+def _match_quantized_upsample(graph, resize, consumers: dict, weights: dict):
+    """(the 8-bit input, the QuantizeLinear after, k) for DQ -> Resize(nearest, x k) -> Q with
+    equal quantization on both sides; None otherwise."""
+    attributes = _attributes(resize)
+    if (attributes.get("mode", b"nearest") != b"nearest"
+            or attributes.get("coordinate_transformation_mode") != b"asymmetric"
+            or attributes.get("nearest_mode") != b"floor"
+            or len(resize.input) < 3 or resize.input[2] not in weights
+            or (len(resize.input) > 3 and resize.input[3])):
+        return None
+    scales = numpy_helper.to_array(weights[resize.input[2]])
+    factor = int(scales[-1]) if scales.shape == (4,) else 0
+    if factor < 2 or not np.array_equal(scales, np.array([1, 1, factor, factor], scales.dtype)):
+        return None
+    dequantize = _producer(graph, resize.input[0])
+    quantize = _only_consumer(consumers, resize.output[0], "QuantizeLinear")
+    if dequantize is None or dequantize.op_type != "DequantizeLinear" or quantize is None:
+        return None
+    quantizations = [[_constant_value(weights, name) for name in node.input[1:3]]
+                     for node in (dequantize, quantize)]
+    if len(dequantize.input) != 3 or len(quantize.input) != 3 or any(
+            value is None for pair in quantizations for value in pair) or not all(
+            np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(*quantizations)):
+        return None
+    return dequantize.input[0], quantize, factor
+
+
+def _constant_value(weights: dict, name: str):
+    return numpy_helper.to_array(weights[name]) if name in weights else None
+
+
+def _repeated_pixels(graph, name: str, source: str, output: str, factor: int) -> list:
+    """The nodes that write `source` (N, C, H, W) to `output` with each pixel repeated
+    `factor` x `factor` times."""
+    def constant(suffix: str, values: list[int]) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64),
+                                                         f"{name}_{suffix}"))
+        return f"{name}_{suffix}"
+
+    def node(op_type: str, inputs: list[str], **attributes):
+        out = f"{name}_{op_type.lower()}"
+        return helper.make_node(op_type, inputs, [out], name=f"{name}_{op_type}", **attributes)
+
+    last = node("Transpose", [source], perm=[0, 2, 3, 1])
+    unit_axes = node("Unsqueeze", [last.output[0], constant("axes", [2, 4])])
+    repeated = node("Expand", [unit_axes.output[0], constant("repeats", [1, 1, factor, 1,
+                                                                         factor, 1])])
+    shape = node("Shape", [last.output[0]])
+    size = node("Mul", [shape.output[0], constant("factors", [1, factor, factor, 1])])
+    merged = node("Reshape", [repeated.output[0], size.output[0]])
+    first = helper.make_node("Transpose", [merged.output[0]], [output], perm=[0, 3, 1, 2],
+                             name=f"{name}_Transpose_back")
+    return [last, unit_axes, repeated, shape, size, merged, first]
 
 
 def pixel_shuffle_transposed_convs(model: onnx.ModelProto) -> int:
