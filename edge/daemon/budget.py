@@ -349,7 +349,7 @@ def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> MemoryM
         child = [sys.executable, "-m", "edge.daemon.memprobe", ocr_json, str(model_dir)]
         done = subprocess.run(child, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise ConfigError(f"measuring the pack's memory use took over {MEASURE_TIMEOUT_S} s",
+        raise ConfigError(f"measuring the pack's memory use took over {timeout:.0f} s",
                           "retry on a less busy machine, or set resources.memory_mb: 0") from exc
     if done.returncode != 0:
         raise ConfigError(f"measuring the pack's memory use failed: {done.stderr.strip()[-400:]}",
