@@ -76,7 +76,7 @@ class DaemonEngine:
     def __call__(self, image: DecodedImage) -> OcrResult:
         """Read one image (under a budget, with detector tiles sized for it)."""
         if self.plan is not None and not self.degraded:
-            self._fit_tiles(image)
+            self._fit_stages(image)
         return self._pipeline(image)
 
     def warm_up(self) -> None:
@@ -114,14 +114,16 @@ class DaemonEngine:
         """Without a budget, what `memory_mb: auto` holds the decode to, in words."""
         return self._guard
 
-    def _fit_tiles(self, image: DecodedImage) -> None:
-        """Tiles as large as this image leaves room for: a function of its size alone, so the
-        same image reads the same every time."""
+    def _fit_stages(self, image: DecodedImage) -> None:
+        """Detector tiles and recogniser batches as large as this image leaves room for: a
+        function of its size alone, so the same image reads the same every time."""
         width, height = self._pipeline.detector.input_size(image.pixels)
-        pixels = self._planner.tile_pixels(self.plan, image.pixels.nbytes, width * height)
-        if pixels != self._tile_pixels:
-            self._tile_pixels = pixels
-            self._pipeline = assemble(self.models, self._ocr, self._caps(pixels))
+        image_bytes = image.pixels.nbytes
+        caps = MemoryCaps(self._planner.tile_pixels(self.plan, image_bytes, width * height),
+                          *self._planner.line_widths(self.plan, image_bytes))
+        if caps != self._stage_caps:
+            self._stage_caps = caps
+            self._pipeline = assemble(self.models, self._ocr, caps)
 
     def _step_down(self, reading: MemoryReading) -> None:
         smaller = budget.step_down(self.plan)
@@ -133,15 +135,12 @@ class DaemonEngine:
         self.plan, self.degraded = smaller, True
         self._apply()
 
-    def _caps(self, det_pixels: int) -> MemoryCaps:
-        plan = self.plan
-        return MemoryCaps(det_pixels, plan.rec_max_width, plan.rec_max_columns)
-
     def _apply(self) -> None:
         caps, limits = MemoryCaps(), image_limits(self._images)
         if self.plan is not None:
-            self._tile_pixels = self.plan.det_max_pixels
-            caps = self._caps(self.plan.det_max_pixels)
+            caps = MemoryCaps(self.plan.det_max_pixels, self.plan.rec_max_width,
+                              self.plan.rec_max_columns)
+            self._stage_caps = caps
             limits = replace(limits, max_side=min(limits.max_side, self.plan.image_max_side))
         elif self._guard is not None:
             limits = replace(limits, max_decode_pixels=self._guard_pixels)
