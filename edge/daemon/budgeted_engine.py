@@ -2,8 +2,9 @@
 
 Without a budget it is the configured pipeline. With one, the plan sets the decode size, the
 detector's tile area (its scale is kept), the recogniser's line and batch width, and the largest
-decode a file may make. The plan is made once at start and kept, so the same image reads the
-same whatever came before it. The decoder's scratch is handed back before the stages run, and
+decode a file may make; an image smaller than the largest the plan assumed gets larger tiles and
+wider lines, by its size alone. The plan is made once at start and kept, so the same image reads
+the same whatever came before it. The decoder's scratch is handed back before the stages run, and
 the peak is read after each frame: only a peak within reach of the budget steps the plan down,
 and that is logged and shown in health.
 """
