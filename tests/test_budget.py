@@ -22,9 +22,11 @@ from edge.daemon.budget import (
     REC_MIN_WIDTH,
     WORKING_MARGIN,
     BoxMemory,
+    Measurement,
     MemoryModel,
     Planner,
     box_memory,
+    fitted_model,
     measured_model,
     read_memory,
     step_down,
@@ -36,8 +38,8 @@ from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.ocr.imageio import decode_bytes
 
-SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0, rec_fixed_mb=11.0,
-                    rec_mb_per_kcol=34.0)
+SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0,
+                    rec_points=((0.4, 24.6), (0.8, 38.2), (1.6, 65.4)))
 
 
 def test_plan_fits_the_budget_and_shrinks_with_it():
@@ -87,6 +89,23 @@ def test_a_smaller_image_leaves_the_recogniser_wider_lines_within_the_budget():
     assert planner.line_widths(plan, frame // 4)[0] >= width
 
 
+def test_the_model_keeps_the_middle_peak_at_each_size_and_never_falls_with_width():
+    def measured(rec):
+        return Measurement(150.0, ((0.2, 30.0), (0.8, 90.0)), rec)
+
+    model = fitted_model([measured(((0.4, 57.0), (0.8, 115.0), (1.2, 144.0), (1.6, 135.0))),
+                          measured(((0.4, 34.0), (0.8, 91.0), (1.2, 159.0), (1.6, 141.0))),
+                          measured(((0.4, 50.0), (0.8, 79.0), (1.2, 130.0), (1.6, 132.0)))])
+    assert model.rec_points == ((0.4, 50.0), (0.8, 91.0), (1.2, 144.0), (1.6, 144.0))
+    assert model.recognizer_mb(320) == 50.0
+    assert model.recognizer_mb(600) == pytest.approx(70.5)
+    assert model.recognizer_mb(2000) > 144.0
+    for room in (50.0, 70.5, 100.0, 144.0, 200.0):
+        columns = model.recognizer_columns(room)
+        assert model.recognizer_mb(columns) <= room + 1e-6 < model.recognizer_mb(columns + 8)
+    assert model.recognizer_columns(49.9) == 0
+
+
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():
     with pytest.raises(ConfigError, match=r"memory_mb 160 is too small.*needs about \d+ MB"):
         Planner(SMALL, 160, 1280, 4, 4096).plan()
@@ -118,7 +137,7 @@ def test_jpeg_is_decoded_further_reduced_to_fit_the_decode_cap():
 def test_under_a_budget_the_decoders_scratch_is_handed_back_before_the_stages_run(store):
     ocr, images = OcrConfig(pack="ppocr-v6-tiny"), ImagesConfig(max_side=1024)
     model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=5.0, det_mb_per_mpx=70.0,
-                        rec_fixed_mb=10.0, rec_mb_per_kcol=6.0)
+                        rec_points=((0.4, 12.4), (1.6, 19.6)))
     engine = DaemonEngine(load_models(ocr, store), ocr, images,
                           Planner(model, 1024, ocr.det_limit_side, ocr.rec_batch, 1024))
     # an A4 scan: decoded at half scale inside the JPEG decoder, then resized to 1024
@@ -144,7 +163,7 @@ def test_measured_model_sees_the_recognisers_width_and_is_cached_per_model_files
     cache = tmp_path / "memory-model.json"
     model = measured_model(settings, store.root, cache)
     # the output layer alone holds batch x width/8 x 6906 floats: ~14 MB per 1000 columns
-    assert model.rec_mb_per_kcol > 5 and model.det_mb_per_mpx > 10
+    assert model.recognizer_mb(1600) - model.recognizer_mb(400) > 6 and model.det_mb_per_mpx > 10
     assert len(measurements_logged(caplog)) == MEASUREMENTS
     assert measured_model(settings, store.root, cache) == model
     assert len(measurements_logged(caplog)) == MEASUREMENTS  # the second came from the cache
@@ -233,7 +252,7 @@ def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):
     allocator.release_free_memory()
     Path("/proc/self/clear_refs").write_text("5")  # this process's peak so far is not the plan's
     model = MemoryModel(base_mb=read_memory().rss_mb, det_fixed_mb=1.3, det_mb_per_mpx=69.6,
-                        rec_fixed_mb=3.8, rec_mb_per_kcol=7.3)  # the tiny pack's, measured
+                        rec_points=((0.4, 6.7), (1.6, 15.5)))  # the tiny pack's, measured
     # 90 MB of working memory: the pytest process's heap, after the tests before this one,
     # takes more than a daemon's (at 70 its peak came within 2% of the budget in some runs)
     engine = DaemonEngine(models, ocr, images,

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from edge.daemon import allocator
 from edge.errors import ConfigError
 from edge.ocr.detector import tile_count
@@ -46,31 +48,57 @@ _SMALLER_SIDES = (3072, 2560, 2048, 1600, 1280, 1024)
 _MB = 1024 * 1024
 MEASURE_TIMEOUT_S = 240  # all measurements together; below the unit's TimeoutStartSec
 MEASUREMENTS = 3
-# more while the leanest so far still cannot plan the budget: on a busy box one measurement in
-# four of the tiny pack refused 160 MB that the others planned
+# more while the model still cannot plan the budget: on a busy box one measurement in four of
+# the tiny pack refused 160 MB that the others planned
 MEASUREMENTS_BEFORE_REFUSING = 6
-MEASURE_METHOD = 6  # raised whenever memprobe measures differently: cached models are redone
+MEASURE_METHOD = 7  # raised whenever memprobe measures differently: cached models are redone
 
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Measured cost of one pack variant in MB: the process at rest with the models loaded, and
-    the working memory of the detector (per megapixel of its input) and of the recogniser (per
-    thousand columns of a 48-pixel-high batch)."""
+    """Measured cost of one pack variant in MB: the process at rest with the models loaded, the
+    working memory of the detector (a line: per megapixel of its input), and that of the
+    recogniser at the batch widths measured (thousand columns of a 48-pixel-high batch, MB),
+    non-decreasing. The recogniser's is not a line: a heap that has grown for a wide batch
+    serves the next ones, and a line above every point would over-count narrow batches."""
 
     base_mb: float
     det_fixed_mb: float
     det_mb_per_mpx: float
-    rec_fixed_mb: float
-    rec_mb_per_kcol: float
+    rec_points: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryModel:
+        """A model as `asdict` wrote it (to the cache)."""
+        return cls(**dict(data, rec_points=tuple(tuple(point) for point in data["rec_points"])))
 
     def detector_mb_at(self, pixels: int) -> float:
         """Peak working memory of the detector on an input of `pixels` pixels."""
         return self.det_fixed_mb + self.det_mb_per_mpx * pixels / 1e6
 
     def recognizer_mb(self, columns: int) -> float:
-        """Peak working memory of the recogniser on a batch `columns` wide in all."""
-        return self.rec_fixed_mb + self.rec_mb_per_kcol * columns / 1000.0
+        """Peak working memory of the recogniser on a batch `columns` wide in all: as measured
+        at the narrowest width below it, between the widths measured, and beyond the widest
+        at the slope from the narrowest to the widest."""
+        kcol, first = columns / 1000.0, self.rec_points[0][0]
+        last, highest = self.rec_points[-1]
+        if kcol >= last:
+            return highest + self._rec_slope() * (kcol - last)
+        return float(np.interp(max(kcol, first), *zip(*self.rec_points)))
+
+    def recognizer_columns(self, room_mb: float) -> int:
+        """The widest batch (columns) whose working memory fits in `room_mb`; 0 if none."""
+        if room_mb < self.rec_points[0][1]:
+            return 0
+        for (x0, y0), (x1, y1) in zip(self.rec_points, self.rec_points[1:]):
+            if room_mb < y1:
+                return int((x0 + (room_mb - y0) / (y1 - y0) * (x1 - x0)) * 1000)
+        last, highest = self.rec_points[-1]
+        return int((last + (room_mb - highest) / max(self._rec_slope(), 1e-6)) * 1000)
+
+    def _rec_slope(self) -> float:
+        (first, lowest), (last, highest) = self.rec_points[0], self.rec_points[-1]
+        return (highest - lowest) / (last - first) if last > first else 0.0
 
 
 @dataclass(frozen=True)
@@ -144,8 +172,7 @@ def _stages(model: MemoryModel, room: float, crops_mb: float, wanted_side: int,
     if det_pixels < whole:  # tiled: the stitched map of the whole input is held as well
         det_pixels = int((room - _map_mb(wanted_side) - model.det_fixed_mb)
                          / max(model.det_mb_per_mpx, 1e-6) * 1e6)
-    rec_columns = int((room - crops_mb - model.rec_fixed_mb) / max(model.rec_mb_per_kcol, 1e-6)
-                      * 1000)
+    rec_columns = model.recognizer_columns(room - crops_mb)
     rec_width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
     if det_pixels < DET_MIN_PIXELS or rec_width < REC_MIN_WIDTH:
         return None
@@ -193,8 +220,7 @@ class Planner:
         """The recogniser's line width and batch columns for one image: wider than the plan's
         where the image and its line crops (at most a copy of it) leave more room than the
         largest image the plan assumed; never narrower."""
-        room = self._working_room() - 2 * image_bytes / _MB - self.model.rec_fixed_mb
-        columns = int(room / max(self.model.rec_mb_per_kcol, 1e-6) * 1000)
+        columns = self.model.recognizer_columns(self._working_room() - 2 * image_bytes / _MB)
         width = min(REC_FULL_WIDTH, columns // 8 * 8)
         if width <= plan.rec_max_width:
             return plan.rec_max_width, plan.rec_max_columns
@@ -312,53 +338,98 @@ def _cgroup_max_mb(path: Path) -> Optional[int]:
 
 # --- measuring (in a child process) ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class Measurement:
+    """What one child measured, in MB over the process at rest: (tile MP, peak) of the
+    detector and (thousand columns, peak) of the recogniser."""
+
+    base_mb: float
+    detector: tuple[tuple[float, float], ...]
+    recognizer: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def from_json(cls, text: str) -> Measurement:
+        """The measurement a child printed."""
+        data = json.loads(text)
+        return cls(data["base_mb"], *(tuple(tuple(point) for point in data[stage])
+                                      for stage in ("detector", "recognizer")))
+
+
+def fitted_model(measurements: list[Measurement]) -> MemoryModel:
+    """The memory model of the middle peak measured at each size (the upper one of an even
+    count): the heap's fragmentation moves one child's peak at a size by up to 25 MB (small
+    pack, recogniser at 400 columns: 34, 50 and 57 MB in three children), and a line fitted
+    above one child's points carries its worst point into every width."""
+    def middle(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    def peaks(stage: str) -> list[tuple[float, float]]:
+        runs = [getattr(measurement, stage) for measurement in measurements]
+        return [(size, middle([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
+
+    det_fixed, det_slope = line_fit(peaks("detector"))
+    rec = peaks("recognizer")
+    rising = tuple((kcol, round(max(mb for _, mb in rec[:i + 1]), 1))
+                   for i, (kcol, _) in enumerate(rec))
+    return MemoryModel(round(middle([m.base_mb for m in measurements]), 1), round(det_fixed, 1),
+                       round(det_slope, 2), rising)
+
+
+def line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """A line above every point: the least-squares slope (not below zero), with the intercept
+    raised until no point lies over it."""
+    xs, ys = np.array(points).T
+    slope = max(0.0, float(np.polyfit(xs, ys, 1)[0]))
+    return max(0.0, float((ys - slope * xs).max())), slope
+
+
 def measured_model(ocr_json: str, model_dir: Path, cache: Path,
                    fits: Callable[[MemoryModel], bool] = lambda model: True) -> MemoryModel:
     """The memory model for these OCR settings and model files: from the cache, else measured
-    MEASUREMENTS times, each in a child of its own, and the leanest kept (up to
-    MEASUREMENTS_BEFORE_REFUSING times while the leanest does not `fits` the budget). The
-    heap's fragmentation only ever adds to a measurement, and by up to 12 MB from one child
-    to the next: one in four measurements of the tiny pack would have refused a 160 MB budget
-    that the other three plan for (and the cache would have kept the refusal)."""
+    MEASUREMENTS times, each in a child of its own, and fitted to the middle peak at each size
+    (measured again, up to MEASUREMENTS_BEFORE_REFUSING times, while the model does not `fits`
+    the budget: one in four measurements of the tiny pack would have refused a 160 MB budget
+    that the other three plan for, and the cache would have kept the refusal)."""
     key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active(),
            "method": MEASURE_METHOD}
     if cache.exists():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("key") == key:
-            return MemoryModel(**cached["model"])
+            return MemoryModel.from_dict(cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
-    model = _leanest_measurement(ocr_json, model_dir, fits)
+    model = fitted_model(_measurements(ocr_json, model_dir, fits))
+    log.info("memory model, from the middle peak at each size: %s", model)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "model": asdict(model)}), encoding="utf-8")
     return model
 
 
-def _leanest_measurement(ocr_json: str, model_dir: Path,
-                         fits: Callable[[MemoryModel], bool]) -> MemoryModel:
-    """The leanest of the measurements made while they fit in MEASURE_TIMEOUT_S altogether
-    (a slow box keeps its first)."""
+def _measurements(ocr_json: str, model_dir: Path,
+                  fits: Callable[[MemoryModel], bool]) -> list[Measurement]:
+    """The measurements made while they fit in MEASURE_TIMEOUT_S altogether (a slow box keeps
+    its first)."""
     started = time.monotonic()
-    models = [_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S)]
-    while _wanted(models, fits):
+    done = [_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S)]
+    while _wanted(done, fits):
         spent = time.monotonic() - started
-        if spent * (len(models) + 1) / len(models) > MEASURE_TIMEOUT_S:
+        if spent * (len(done) + 1) / len(done) > MEASURE_TIMEOUT_S:
             break
         try:
-            models.append(_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S - spent))
+            done.append(_measure_in_child(ocr_json, model_dir, MEASURE_TIMEOUT_S - spent))
         except ConfigError as exc:  # out of time, or the child failed: what was measured stands
             log.warning("a further measurement of the pack's memory was not kept: %s", exc)
             break
-    return min(models, key=_working_mb)
+    return done
 
 
-def _wanted(models: list[MemoryModel], fits: Callable[[MemoryModel], bool]) -> bool:
+def _wanted(done: list[Measurement], fits: Callable[[MemoryModel], bool]) -> bool:
     """Whether to measure once more."""
-    if len(models) < MEASUREMENTS:
+    if len(done) < MEASUREMENTS:
         return True
-    return len(models) < MEASUREMENTS_BEFORE_REFUSING and not fits(min(models, key=_working_mb))
+    return len(done) < MEASUREMENTS_BEFORE_REFUSING and not fits(fitted_model(done))
 
 
-def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> MemoryModel:
+def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> Measurement:
     try:
         child = [sys.executable, "-m", "edge.daemon.memprobe", ocr_json, str(model_dir)]
         done = subprocess.run(child, capture_output=True, text=True, timeout=timeout)
@@ -368,15 +439,9 @@ def _measure_in_child(ocr_json: str, model_dir: Path, timeout: float) -> MemoryM
     if done.returncode != 0:
         raise ConfigError(f"measuring the pack's memory use failed: {done.stderr.strip()[-400:]}",
                           "check `edge-ocr models list`")
-    model = MemoryModel(**json.loads(done.stdout.splitlines()[-1]))
-    log.info("measured: %s", model)
-    return model
-
-
-def _working_mb(model: MemoryModel) -> float:
-    """A model's working memory where budgets for small boxes plan: the detector on a tile of
-    DET_MIN_PIXELS and the recogniser on a batch of REC_MIN_WIDTH columns."""
-    return model.detector_mb_at(DET_MIN_PIXELS) + model.recognizer_mb(REC_MIN_WIDTH)
+    measurement = Measurement.from_json(done.stdout.splitlines()[-1])
+    log.info("measured: %s", fitted_model([measurement]))
+    return measurement
 
 
 def _models_fingerprint(model_dir: Path) -> list[str]:

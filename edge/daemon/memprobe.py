@@ -5,7 +5,7 @@ in the base), then runs the detector and the recogniser at a few sizes and reads
 after each (Linux resets the peak when "5" is written to /proc/self/clear_refs). It runs apart so
 that the daemon's own peak stays an honest record for anyone reading it from outside.
 
-Usage: python -m edge.daemon.memprobe OCR_CONFIG_JSON MODEL_DIR (prints the model as JSON).
+Usage: python -m edge.daemon.memprobe OCR_CONFIG_JSON MODEL_DIR (prints the peaks as JSON).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import numpy as np
 import edge.daemon.service  # noqa: F401  (everything the daemon imports counts in the base)
 from edge.config import OcrConfig
 from edge.daemon import allocator
-from edge.daemon.budget import PROBE_SIDE, REC_FULL_WIDTH, MemoryModel, read_memory
+from edge.daemon.budget import PROBE_SIDE, REC_FULL_WIDTH, Measurement, read_memory
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.models.store import ModelStore
 
 
-def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
-    """Load the pack for these OCR settings and fit its memory model from measured peaks."""
+def measure(ocr_json: str, model_dir: Path) -> Measurement:
+    """Load the pack for these OCR settings and measure its peaks at several sizes."""
     config = OcrConfig.model_validate_json(ocr_json)
     models = load_models(config, ModelStore(model_dir))
     page = render_page(1, lines=8).image
@@ -43,10 +43,8 @@ def measure(ocr_json: str, model_dir: Path) -> MemoryModel:
     lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
     rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
            for columns in (400, 800, 1200, 1600)]
-    det_fixed, det_slope = _line_fit(det)
-    rec_fixed, rec_slope = _line_fit(rec)
-    return MemoryModel(round(base, 1), round(det_fixed, 1), round(det_slope, 2),
-                       round(rec_fixed, 1), round(rec_slope, 2))
+    return Measurement(round(base, 1), *(tuple((size, round(mb, 1)) for size, mb in points)
+                                         for points in (det, rec)))
 
 
 def _detector_points(models, config: OcrConfig, page) -> list[tuple[float, float]]:
@@ -92,14 +90,6 @@ def _peak_of(work: Callable[[], object], base: float, repeats: int = 3) -> float
 def _settled_rss() -> float:
     allocator.release_free_memory()
     return read_memory().rss_mb
-
-
-def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """A line above every measured point: the least-squares slope (not below zero), with the
-    intercept raised until no point lies over it."""
-    xs, ys = np.array(points).T
-    slope = max(0.0, float(np.polyfit(xs, ys, 1)[0]))
-    return max(0.0, float((ys - slope * xs).max())), slope
 
 
 if __name__ == "__main__":
