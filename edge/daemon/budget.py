@@ -59,8 +59,8 @@ class MemoryModel:
     """Measured cost of one pack variant in MB: the process at rest with the models loaded, the
     working memory of the detector (a line: per megapixel of its input), and that of the
     recogniser at the batch widths measured (thousand columns of a 48-pixel-high batch, MB),
-    non-decreasing. The recogniser's is not a line: a heap that has grown for a wide batch
-    serves the next ones, and a line above every point would over-count narrow batches."""
+    non-decreasing. The recogniser's is not a line: its peaks rise unevenly with the width, and
+    a line above every point over-counts the narrow batches that tight budgets plan for."""
 
     base_mb: float
     det_fixed_mb: float
@@ -367,7 +367,7 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
         runs = [getattr(measurement, stage) for measurement in measurements]
         return [(size, middle([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
 
-    det_fixed, det_slope = line_fit(peaks("detector"))
+    det_fixed, det_slope = _line_fit(peaks("detector"))
     rec = peaks("recognizer")
     rising = tuple((kcol, round(max(mb for _, mb in rec[:i + 1]), 1))
                    for i, (kcol, _) in enumerate(rec))
@@ -375,7 +375,7 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
                        round(det_slope, 2), rising)
 
 
-def line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     """A line above every point: the least-squares slope (not below zero), with the intercept
     raised until no point lies over it."""
     xs, ys = np.array(points).T
