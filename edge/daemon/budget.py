@@ -357,9 +357,9 @@ class Measurement:
 
 def fitted_model(measurements: list[Measurement]) -> MemoryModel:
     """The memory model of the middle peak measured at each size (the upper one of an even
-    count): the heap's fragmentation moves one child's peak at a size by up to 25 MB (small
-    pack, recogniser at 400 columns: 34, 50 and 57 MB in three children), and a line fitted
-    above one child's points carries its worst point into every width."""
+    count): the heap's fragmentation moves one child's peak at a size by up to 36 MB (small
+    pack, recogniser, three children: 34, 50 and 57 MB at 400 columns, 79, 91 and 115 MB at
+    800), and a line fitted above one child's points carries its worst point into every width."""
     def middle(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
 
