@@ -7,6 +7,7 @@ that the predicted peak fits; the engine steps the plan down only when a real pe
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -142,7 +143,7 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
     recogniser reads long lines in pieces, so the budget costs speed before it costs text.
     `channels` is the decoded image's (1 when documents are decoded grey).
     """
-    usable = (budget_mb * HEADROOM - model.base_mb) / WORKING_MARGIN
+    usable = _working_room(model, budget_mb)
     sides = (wanted_image_side, *[s for s in _SMALLER_SIDES if s < wanted_image_side])
     for side in sides:
         image_mb = _image_mb(side, channels)
@@ -161,6 +162,18 @@ def plan(model: MemoryModel, budget_mb: int, wanted_side: int, wanted_batch: int
                       "raise resources.memory_mb, or choose a smaller ocr.pack")
 
 
+def _working_room(model: MemoryModel, budget_mb: int) -> float:
+    """MB the decoded image and the stages may take, before WORKING_MARGIN."""
+    return (budget_mb * HEADROOM - model.base_mb) / WORKING_MARGIN
+
+
+def _line_caps(rec_columns: int, wanted_batch: int) -> tuple[int, int]:
+    """The widest line (a multiple of 8, at most REC_FULL_WIDTH) and the batch width that
+    `rec_columns` of room allow."""
+    width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
+    return width, max(width, min(wanted_batch * width, rec_columns))
+
+
 def _stages(model: MemoryModel, room: float, crops_mb: float, wanted_side: int,
             wanted_batch: int) -> Optional[tuple[int, int, int, float]]:
     """Detector tile area, line width, batch columns and their peak in `room` MB; None when
@@ -172,11 +185,9 @@ def _stages(model: MemoryModel, room: float, crops_mb: float, wanted_side: int,
     if det_pixels < whole:  # tiled: the stitched map of the whole input is held as well
         det_pixels = int((room - _map_mb(wanted_side) - model.det_fixed_mb)
                          / max(model.det_mb_per_mpx, 1e-6) * 1e6)
-    rec_columns = model.recognizer_columns(room - crops_mb)
-    rec_width = min(REC_FULL_WIDTH, rec_columns // 8 * 8)
+    rec_width, columns = _line_caps(model.recognizer_columns(room - crops_mb), wanted_batch)
     if det_pixels < DET_MIN_PIXELS or rec_width < REC_MIN_WIDTH:
         return None
-    columns = max(rec_width, min(wanted_batch * rec_width, rec_columns))
     det_mb = model.detector_mb_at(det_pixels) + (_map_mb(wanted_side) if det_pixels < whole
                                                  else 0.0)
     return det_pixels, rec_width, columns, max(det_mb, crops_mb + model.recognizer_mb(columns))
@@ -210,7 +221,7 @@ class Planner:
         """The detector's tile area for one image: the whole input if it fits beside the
         decoded image, else what is left once the image and the stitched map are held (never
         less than the plan's, which assumed the largest image)."""
-        room = self._working_room() - image_bytes / _MB
+        room = _working_room(self.model, self.budget_mb) - image_bytes / _MB
         if self.model.detector_mb_at(input_pixels) <= room:
             return input_pixels
         room -= _beyond_probe_mb(input_pixels) + self.model.det_fixed_mb
@@ -220,15 +231,11 @@ class Planner:
         """The recogniser's line width and batch columns for one image: wider than the plan's
         where the image and its line crops (at most a copy of it) leave more room than the
         largest image the plan assumed; never narrower."""
-        columns = self.model.recognizer_columns(self._working_room() - 2 * image_bytes / _MB)
-        width = min(REC_FULL_WIDTH, columns // 8 * 8)
+        room = _working_room(self.model, self.budget_mb) - 2 * image_bytes / _MB
+        width, columns = _line_caps(self.model.recognizer_columns(room), self.wanted_batch)
         if width <= plan.rec_max_width:
             return plan.rec_max_width, plan.rec_max_columns
-        return width, max(width, min(self.wanted_batch * width, columns))
-
-    def _working_room(self) -> float:
-        """MB the decoded image and the stages may take, before WORKING_MARGIN."""
-        return (self.budget_mb * HEADROOM - self.model.base_mb) / WORKING_MARGIN
+        return width, columns
 
     def in_words(self, plan: Plan) -> str:
         """What the plan costs, for people: an A4 page scanned at 300 dpi (a 1.5 MB JPEG of
@@ -368,9 +375,8 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
         return [(size, middle([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
 
     det_fixed, det_slope = _line_fit(peaks("detector"))
-    rec = peaks("recognizer")
-    rising = tuple((kcol, round(max(mb for _, mb in rec[:i + 1]), 1))
-                   for i, (kcol, _) in enumerate(rec))
+    widths, rec_mb = zip(*peaks("recognizer"))
+    rising = tuple(zip(widths, (round(mb, 1) for mb in itertools.accumulate(rec_mb, max))))
     return MemoryModel(round(middle([m.base_mb for m in measurements]), 1), round(det_fixed, 1),
                        round(det_slope, 2), rising)
 
