@@ -12,9 +12,11 @@ from edge.config import ImagesConfig, OcrConfig
 from edge.daemon.budgeted_engine import image_limits
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
-from edge.ocr.crops import split_wide
+from edge.models.rechead import serving_recognizer
+from edge.ocr.crops import pack_batch, scaled_width, split_wide
 from edge.ocr.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
+from edge.ocr.session import ModelSession, SessionSettings
 
 
 def _read_fraction(pipeline, seeds, lines=8):
@@ -121,6 +123,46 @@ def test_latin_charset_reads_rendered_text_with_latin_characters_only(store):
     cv2.putText(canvas, "Lot 1-1 Total", (20, 80), cv2.FONT_HERSHEY_PLAIN, 3.0, (0, 0, 0), 3)
     text = latin(decoded(canvas)).text
     assert text and set(text) <= LATIN
+
+
+def _rendered_line_batch(seed: int) -> np.ndarray:
+    """The lines of a rendered page, cropped at their boxes and packed as one batch."""
+    page = render_page(seed, lines=6)
+    crops = [page.image[box[0][1]:box[2][1], box[0][0]:box[2][0]]
+             for box in (line.box for line in page.lines)]
+    width = max(scaled_width(crop, 48, 1600) for crop in crops)
+    return pack_batch(crops, 48, (width + 7) // 8 * 8)
+
+
+@pytest.mark.parametrize("pack, precision", [("ppocr-v6-small", "fp32"), ("ppocr-v6-tiny", "fp16")])
+def test_the_served_recogniser_gives_the_best_class_and_probability_of_the_pack_model(
+        store, pack, precision):
+    variant = store.variant(pack, precision)
+    served, chars = serving_recognizer(variant.files["rec"], variant.files["dict"], "all")
+    assert chars == variant.charset
+    batch = _rendered_line_batch(5)
+    probabilities = ModelSession(variant.files["rec"], SessionSettings())(batch)
+    best, probability = (values.reshape(len(batch), -1)
+                         for values in ModelSession(served, SessionSettings()).outputs(batch))
+    assert best.shape == probabilities.shape[:2]
+    np.testing.assert_array_equal(best, probabilities.argmax(axis=2))
+    np.testing.assert_allclose(probability, probabilities.max(axis=2),
+                               atol=1e-5 if precision == "fp32" else 2e-3)
+
+
+def test_the_latin_recogniser_chooses_among_the_latin_classes_only(store):
+    from edge.ocr.charset import LATIN
+
+    variant = store.variant("ppocr-v6-small", "fp32")
+    served, chars = serving_recognizer(variant.files["rec"], variant.files["dict"], "latin")
+    assert set(chars) <= LATIN and 90 < len(chars) < len(variant.charset) / 10
+    kept = [0] + [i + 1 for i, ch in enumerate(variant.charset) if ch in LATIN] + \
+        [len(variant.charset) + 1]
+    batch = _rendered_line_batch(6)
+    probabilities = ModelSession(variant.files["rec"], SessionSettings())(batch)
+    best = ModelSession(served, SessionSettings()).outputs(batch)[0].reshape(len(batch), -1)
+    assert best.max() > 0  # the rendered text is read, not only blanks
+    np.testing.assert_array_equal(best, probabilities[:, :, kept].argmax(axis=2))
 
 
 def test_boxes_of_a_photo_taken_sideways_are_in_the_upright_picture(small_int8):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from edge.config import OcrConfig
+from edge.models.rechead import serving_recognizer
 from edge.models.store import ModelStore, Variant
-from edge.ocr.charset import restricted_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
 from edge.ocr.detector import Detector, DetectorSettings, input_quantization
 from edge.ocr.pipeline import OcrPipeline
@@ -52,9 +52,7 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
     settings = SessionSettings(device=device, threads=config.threads)
-    rec, charset = variant.files["rec"], variant.charset
-    if config.charset != "all":
-        rec, charset = restricted_recognizer(rec, variant.files["dict"], config.charset)
+    rec, charset = serving_recognizer(variant.files["rec"], variant.files["dict"], config.charset)
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)
@@ -86,7 +84,7 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
         rec_settings = replace(rec_settings, max_columns=caps.rec_max_columns)
     if caps.rec_max_width:
         rec_settings = replace(rec_settings, max_width=caps.rec_max_width)
-    recognizer = Recognizer(models.rec, models.charset, rec_settings)
+    recognizer = Recognizer(models.rec.outputs, models.charset, rec_settings)
     classifier = None
     if models.cls is not None:
         height, width = models.preprocess["cls_shape"]

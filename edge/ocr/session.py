@@ -58,8 +58,12 @@ class ModelSession:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on one input tensor and return its first output."""
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the model on one input tensor and return every output, in the model's order."""
         try:
-            return self._session.run(None, {self._input: batch})[0]
+            return self._session.run(None, {self._input: batch})
         except (ort.capi.onnxruntime_pybind11_state.Fail,
                 ort.capi.onnxruntime_pybind11_state.RuntimeException,
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:

@@ -1,0 +1,178 @@
+"""The recogniser as the engine runs it: derived once from the pack's model file.
+
+The CTC head of a PP-OCR recogniser ends in a MatMul over every class of its dictionary (18710
+for the small pack), a bias Add and a Softmax, and the engine needs only the best class at each
+time step and its probability. The derived model computes just those two: the MatMul and its
+bias become one Gemm over the flattened time steps, and a TopK of 1 after the Softmax gives the
+best class and its probability in one pass, so the batch x steps x classes floats (15 MB each
+for a batch of 1600 columns) are neither added to a bias in a pass of their own nor returned to
+be searched. The same results (ONNX Runtime's ReduceLogSumExp instead of the Softmax measured
+slower: it is not vectorised).
+
+With a character set (`ocr.charset`), the head is first cut to the set's classes: that layer
+is then proportionally cheaper, and characters outside the set (CJK look-alikes of `1` or `-`)
+can no longer be chosen. The probabilities are then over the kept set only.
+
+The rewrite runs once per model file and charset, in a child process, so the `onnx` package (and
+its memory) never enters the process that serves; later starts load the cached file directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.errors import ModelError
+from edge.ocr.charset import CHARSETS
+
+# outputs of the derived model, each one value per time step of the batch (batch x steps)
+BEST_CLASS, BEST_PROBABILITY = "best_class", "best_probability"
+# in the derived file's name: raised whenever the rewrite changes, so older files are remade
+HEAD_FORMAT = "steps"
+
+
+def serving_recognizer(rec: Path, dictionary: Path, charset: str) -> tuple[Path, list[str]]:
+    """The derived recogniser for `charset` ("all" or a name in CHARSETS) and the characters it
+    outputs, made beside `rec` on first use (the model directory must be writable then)."""
+    model, chars = derived_paths(rec, charset)
+    if not (model.exists() and chars.exists()):
+        done = subprocess.run([sys.executable, "-m", "edge.models.rechead", str(rec),
+                               str(dictionary), charset], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ModelError(f"cannot prepare {rec} for reading ({charset} charset): "
+                             f"{done.stderr.strip()[-300:]}",
+                             "check that the model directory is writable")
+    return model, chars.read_text(encoding="utf-8").split("\n")
+
+
+def derived_paths(rec: Path, charset: str) -> tuple[Path, Path]:
+    """Where the derived model and its character list are kept."""
+    return (rec.with_name(f"rec.{charset}.{HEAD_FORMAT}.onnx"),
+            rec.with_name(f"rec.{charset}.{HEAD_FORMAT}.txt"))
+
+
+def derive(model, charset: Sequence[str], keep: frozenset[str] | None) -> list[str]:
+    """Rewrite the onnx `model` in place: its head cut to `keep` (None keeps every class), then
+    reduced to the best class and its probability per time step. Returns the characters the
+    model now outputs."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    matmul, bias_add = _head(graph, weights, len(charset) + 2)
+    kept = list(charset)
+    if keep is not None:
+        kept = _cut(weights, matmul, bias_add, charset, keep)
+    _best_class_head(model, weights, matmul, bias_add)
+    return kept
+
+
+def _head(graph, weights: dict, classes: int):
+    """The MatMul whose weight has one column per class, and the Add of its bias."""
+    for node in graph.node:
+        if (node.op_type == "MatMul" and node.input[1] in weights
+                and weights[node.input[1]].dims[-1] == classes):
+            adds = [n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input
+                    and any(i in weights for i in n.input)]
+            if adds:
+                return node, adds[0]
+    raise ModelError(f"cannot find the {classes}-class output layer of the recogniser",
+                     "run 'edge-ocr models pull' to fetch the pack again")
+
+
+def _cut(weights: dict, matmul, bias_add, charset: Sequence[str], keep: frozenset[str]
+         ) -> list[str]:
+    """Keep the blank, the characters in `keep` and the trailing space; return the kept
+    characters."""
+    from onnx import numpy_helper
+
+    classes = [0] + [i + 1 for i, ch in enumerate(charset) if ch in keep] + [len(charset) + 1]
+    for name, axis in ((matmul.input[1], 1), (_bias_name(bias_add, weights), 0)):
+        array = np.take(numpy_helper.to_array(weights[name]), classes, axis=axis)
+        weights[name].CopyFrom(numpy_helper.from_array(array, name))
+    return [charset[i - 1] for i in classes[1:-1]]
+
+
+def _best_class_head(model, weights: dict, matmul, bias_add) -> None:
+    """Replace MatMul, bias Add, Softmax (and the Cast to float32 of an fp16 model) with a Gemm
+    over the flattened time steps and the two reductions the engine reads."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    tail = _tail(graph, bias_add)
+    hidden = weights[matmul.input[1]].dims[0]
+    shape, one = _unique(graph, "head_shape"), _unique(graph, "head_one")
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1, hidden], np.int64), shape),
+                              numpy_helper.from_array(np.array([1], np.int64), one)])
+    flat, logits, probabilities = (_unique(graph, name) for name in (
+        "head_flat", "head_logits", "head_probabilities"))
+    probability = BEST_PROBABILITY if tail[-1].op_type != "Cast" else _unique(graph, "head_p")
+    nodes = [helper.make_node("Reshape", [matmul.input[0], shape], [flat]),
+             helper.make_node("Gemm", [flat, matmul.input[1], _bias_name(bias_add, weights)],
+                              [logits]),
+             helper.make_node("Softmax", [logits], [probabilities], axis=1),
+             helper.make_node("TopK", [probabilities, one], [probability, BEST_CLASS], axis=1)]
+    if probability != BEST_PROBABILITY:  # an fp16 model hands out float32
+        nodes.append(helper.make_node("Cast", [probability], [BEST_PROBABILITY],
+                                      to=TensorProto.FLOAT))
+    for node in [matmul, bias_add, *tail]:
+        graph.node.remove(node)
+    graph.node.extend(nodes)
+    del graph.output[:]
+    del graph.value_info[:]
+    graph.output.extend([helper.make_tensor_value_info(BEST_CLASS, TensorProto.INT64, [None, 1]),
+                         helper.make_tensor_value_info(BEST_PROBABILITY, TensorProto.FLOAT,
+                                                       [None, 1])])
+
+
+def _tail(graph, bias_add) -> list:
+    """The nodes from the bias Add to the graph's output: Identity nodes, the Softmax, and an
+    fp16 model's Cast."""
+    outputs = {output.name for output in graph.output}
+    tail, tensor = [], bias_add.output[0]
+    while tensor not in outputs:
+        following = [n for n in graph.node if tensor in n.input]
+        if len(following) != 1 or following[0].op_type not in ("Identity", "Softmax", "Cast"):
+            raise ModelError("the recogniser's output layer is not MatMul, Add, Softmax",
+                             "run 'edge-ocr models pull' to fetch the pack again")
+        tail.append(following[0])
+        tensor = following[0].output[0]
+    if not any(node.op_type == "Softmax" for node in tail):
+        raise ModelError("the recogniser's output is not a softmax",
+                         "run 'edge-ocr models pull' to fetch the pack again")
+    return tail
+
+
+def _bias_name(bias_add, weights: dict) -> str:
+    return next(name for name in bias_add.input if name in weights)
+
+
+def _unique(graph, name: str) -> str:
+    taken = {t for node in graph.node for t in node.output} | {i.name for i in graph.initializer}
+    while name in taken:
+        name += "_"
+    return name
+
+
+def _write(rec: Path, dictionary: Path, charset: str) -> None:
+    import onnx
+
+    model = onnx.load(str(rec))
+    chars = derive(model, dictionary.read_text(encoding="utf-8").splitlines(),
+                   None if charset == "all" else CHARSETS[charset])
+    target_model, target_chars = derived_paths(rec, charset)
+    for target, data in ((target_model, model.SerializeToString()),
+                         (target_chars, "\n".join(chars).encode("utf-8"))):
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        staged.write_bytes(data)
+        staged.chmod(0o644)
+        os.replace(staged, target)
+    for earlier in (rec.with_name(f"rec.{charset}.onnx"), rec.with_name(f"rec.{charset}.txt")):
+        earlier.unlink(missing_ok=True)  # a cut of an earlier release, with the Softmax output
+
+
+if __name__ == "__main__":
+    _write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
