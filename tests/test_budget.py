@@ -89,21 +89,23 @@ def test_a_smaller_image_leaves_the_recogniser_wider_lines_within_the_budget():
     assert planner.line_widths(plan, frame // 4)[0] >= width
 
 
-def test_the_model_keeps_the_middle_peak_at_each_size_and_never_falls_with_width():
-    def measured(rec):
-        return Measurement(150.0, ((0.2, 30.0), (0.8, 90.0)), rec)
+def test_the_model_keeps_the_detectors_middle_and_the_recognisers_highest_peaks():
+    def measured(det, rec):
+        return Measurement(150.0, ((0.2, det), (0.8, det + 60.0)), rec)
 
-    model = fitted_model([measured(((0.4, 57.0), (0.8, 115.0), (1.2, 144.0), (1.6, 135.0))),
-                          measured(((0.4, 34.0), (0.8, 91.0), (1.2, 159.0), (1.6, 141.0))),
-                          measured(((0.4, 50.0), (0.8, 79.0), (1.2, 130.0), (1.6, 132.0)))])
-    assert model.rec_points == ((0.4, 50.0), (0.8, 91.0), (1.2, 144.0), (1.6, 144.0))
-    assert model.recognizer_mb(320) == 50.0
-    assert model.recognizer_mb(600) == pytest.approx(70.5)
-    assert model.recognizer_mb(2000) > 144.0
-    for room in (50.0, 70.5, 100.0, 144.0, 200.0):
+    model = fitted_model([measured(30.0, ((0.4, 57.0), (0.8, 115.0), (1.2, 144.0), (1.6, 135.0))),
+                          measured(50.0, ((0.4, 34.0), (0.8, 91.0), (1.2, 159.0), (1.6, 141.0))),
+                          measured(40.0, ((0.4, 50.0), (0.8, 79.0), (1.2, 130.0), (1.6, 132.0)))])
+    assert model.detector_mb_at(200_000) == pytest.approx(40.0)
+    assert model.detector_mb_at(800_000) == pytest.approx(100.0)
+    assert model.rec_points == ((0.4, 57.0), (0.8, 115.0), (1.2, 159.0), (1.6, 159.0))
+    assert model.recognizer_mb(320) == 57.0
+    assert model.recognizer_mb(600) == pytest.approx(86.0)
+    assert model.recognizer_mb(2000) > 159.0
+    for room in (57.0, 86.0, 100.0, 159.0, 200.0):
         columns = model.recognizer_columns(room)
         assert model.recognizer_mb(columns) <= room + 1e-6 < model.recognizer_mb(columns + 8)
-    assert model.recognizer_columns(49.9) == 0
+    assert model.recognizer_columns(56.9) == 0
 
 
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():

@@ -52,7 +52,7 @@ MEASUREMENTS = 3
 # more while the model still cannot plan the budget: on a busy box one measurement in four of
 # the tiny pack refused 160 MB that the others planned
 MEASUREMENTS_BEFORE_REFUSING = 6
-MEASURE_METHOD = 8  # raised whenever memprobe or the engine it measures changes (cache redone)
+MEASURE_METHOD = 9  # raised whenever memprobe or the engine it measures changes (cache redone)
 
 
 @dataclass(frozen=True)
@@ -363,19 +363,22 @@ class Measurement:
 
 
 def fitted_model(measurements: list[Measurement]) -> MemoryModel:
-    """The memory model of the middle peak measured at each size (the upper one of an even
-    count): the heap's fragmentation moves one child's peak at a size by up to 36 MB (small
-    pack, recogniser, three children: 34, 50 and 57 MB at 400 columns, 79, 91 and 115 MB at
-    800), and a line fitted above one child's points carries its worst point into every width."""
+    """The memory model of the children's peaks: for the detector, a line above the middle peak
+    at each size (the upper one of an even count), since the heap's fragmentation moves one
+    child's peak at a size by tens of MB and a line above one child's points carries its worst
+    point into every size; for the recogniser, the highest peak at each width, since it runs
+    tens of batches per page, one after another, and meets the heap's bad cases that one child
+    in three measures (small pack, 20 receipts in turn at 256 MB: at most 102-109 MB above rest
+    planned from the middle peaks, stepping the plan down, against 70-86 MB from the highest)."""
     def middle(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
 
-    def peaks(stage: str) -> list[tuple[float, float]]:
+    def peaks(stage: str, pick: Callable[[list[float]], float]) -> list[tuple[float, float]]:
         runs = [getattr(measurement, stage) for measurement in measurements]
-        return [(size, middle([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
+        return [(size, pick([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
 
-    det_fixed, det_slope = _line_fit(peaks("detector"))
-    widths, rec_mb = zip(*peaks("recognizer"))
+    det_fixed, det_slope = _line_fit(peaks("detector", middle))
+    widths, rec_mb = zip(*peaks("recognizer", max))
     rising = tuple(zip(widths, (round(mb, 1) for mb in itertools.accumulate(rec_mb, max))))
     return MemoryModel(round(middle([m.base_mb for m in measurements]), 1), round(det_fixed, 1),
                        round(det_slope, 2), rising)
@@ -392,10 +395,10 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 def measured_model(ocr_json: str, model_dir: Path, cache: Path,
                    fits: Callable[[MemoryModel], bool] = lambda model: True) -> MemoryModel:
     """The memory model for these OCR settings and model files: from the cache, else measured
-    MEASUREMENTS times, each in a child of its own, and fitted to the middle peak at each size
-    (measured again, up to MEASUREMENTS_BEFORE_REFUSING times, while the model does not `fits`
-    the budget: one in four measurements of the tiny pack would have refused a 160 MB budget
-    that the other three plan for, and the cache would have kept the refusal)."""
+    MEASUREMENTS times, each in a child of its own, and fitted by `fitted_model` (measured
+    again, up to MEASUREMENTS_BEFORE_REFUSING times, while the model does not `fits` the
+    budget: one in four measurements of the tiny pack would have refused a 160 MB budget that
+    the other three plan for, and the cache would have kept the refusal)."""
     key = {"ocr": ocr_json, "models": _models_fingerprint(model_dir), "malloc": allocator.active(),
            "method": MEASURE_METHOD}
     if cache.exists():
@@ -404,7 +407,7 @@ def measured_model(ocr_json: str, model_dir: Path, cache: Path,
             return MemoryModel.from_dict(cached["model"])
     log.info("measuring the memory model of the pack (once; cached in %s)", cache)
     model = fitted_model(_measurements(ocr_json, model_dir, fits))
-    log.info("memory model, from the middle peak at each size: %s", model)
+    log.info("memory model, from the children's peaks: %s", model)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "model": asdict(model)}), encoding="utf-8")
     return model
