@@ -6,8 +6,10 @@ time step and its probability. The derived model computes just those two: the Ma
 bias become one Gemm over the flattened time steps, and a TopK of 1 after the Softmax gives the
 best class and its probability in one pass, so the batch x steps x classes floats (15 MB each
 for a batch of 1600 columns) are neither added to a bias in a pass of their own nor returned to
-be searched. The same results (ONNX Runtime's ReduceLogSumExp instead of the Softmax measured
-slower: it is not vectorised).
+be searched. The same results: 40 receipts read with identical text, the recognition stage
+1.02x faster per receipt, and the recogniser's peak at 800 columns 44-63 MB in the memory probe
+against 79-123 MB before (small pack). ONNX Runtime's ReduceLogSumExp in place of the Softmax
+measured slower: it is not vectorised.
 
 With a character set (`ocr.charset`), the head is first cut to the set's classes: that layer
 is then proportionally cheaper, and characters outside the set (CJK look-alikes of `1` or `-`)
@@ -32,7 +34,7 @@ from edge.ocr.charset import CHARSETS
 
 # outputs of the derived model, each one value per time step of the batch (batch x steps)
 BEST_CLASS, BEST_PROBABILITY = "best_class", "best_probability"
-# in the derived file's name: raised whenever the rewrite changes, so older files are remade
+# in the derived file's name: changed whenever the rewrite changes, so older files are remade
 HEAD_FORMAT = "steps"
 
 
