@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -163,6 +166,18 @@ def test_the_latin_recogniser_chooses_among_the_latin_classes_only(store):
     best = ModelSession(served, SessionSettings()).outputs(batch)[0].reshape(len(batch), -1)
     assert best.max() > 0  # the rendered text is read, not only blanks
     np.testing.assert_array_equal(best, probabilities[:, :, kept].argmax(axis=2))
+
+
+def test_the_served_recogniser_is_made_again_when_the_pack_model_is_newer(store, tmp_path):
+    variant = store.variant("ppocr-v6-tiny", "fp32")
+    rec, dictionary = tmp_path / "rec.onnx", tmp_path / "dict.txt"
+    shutil.copy(variant.files["rec"], rec)
+    shutil.copy(variant.files["dict"], dictionary)
+    served, _ = serving_recognizer(rec, dictionary, "latin")
+    made = served.stat().st_mtime_ns
+    assert serving_recognizer(rec, dictionary, "latin")[0].stat().st_mtime_ns == made
+    os.utime(rec, ns=(made + 10**9, made + 10**9))  # the pack's file replaced
+    assert serving_recognizer(rec, dictionary, "latin")[0].stat().st_mtime_ns > made
 
 
 def test_boxes_of_a_photo_taken_sideways_are_in_the_upright_picture(small_int8):

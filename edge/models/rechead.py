@@ -40,9 +40,10 @@ HEAD_FORMAT = "steps"
 
 def serving_recognizer(rec: Path, dictionary: Path, charset: str) -> tuple[Path, list[str]]:
     """The derived recogniser for `charset` ("all" or a name in CHARSETS) and the characters it
-    outputs, made beside `rec` on first use (the model directory must be writable then)."""
+    outputs, made beside `rec` on first use and whenever `rec` is newer (the model directory
+    must be writable then)."""
     model, chars = derived_paths(rec, charset)
-    if not (model.exists() and chars.exists()):
+    if not _newer_than(chars, rec) or not _newer_than(model, rec):
         done = subprocess.run([sys.executable, "-m", "edge.models.rechead", str(rec),
                                str(dictionary), charset], capture_output=True, text=True)
         if done.returncode != 0:
@@ -50,6 +51,13 @@ def serving_recognizer(rec: Path, dictionary: Path, charset: str) -> tuple[Path,
                              f"{done.stderr.strip()[-300:]}",
                              "check that the model directory is writable")
     return model, chars.read_text(encoding="utf-8").split("\n")
+
+
+def _newer_than(derived: Path, source: Path) -> bool:
+    try:
+        return derived.stat().st_mtime_ns >= source.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
 
 
 def derived_paths(rec: Path, charset: str) -> tuple[Path, Path]:
