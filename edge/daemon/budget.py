@@ -368,7 +368,7 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
     child's peak at a size by tens of MB and a line above one child's points carries its worst
     point into every size; for the recogniser, the highest peak at each width, since it runs
     tens of batches per page, one after another, and meets the heap's bad cases that one child
-    in three measures (small pack, 20 receipts in turn at 256 MB: at most 102-109 MB above rest
+    in three measures (small pack, 30 receipts in turn at 256 MB: at most 102-109 MB above rest
     planned from the middle peaks, stepping the plan down, against 70-86 MB from the highest)."""
     def middle(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
