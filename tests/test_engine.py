@@ -153,6 +153,27 @@ def test_the_served_recogniser_gives_the_best_class_and_probability_of_the_pack_
                                atol=1e-5 if precision == "fp32" else 2e-3)
 
 
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_the_int8_variant_reads_with_a_quantized_class_layer_that_agrees_with_fp32(store, pack):
+    variant = store.variant(pack, "int8")
+    assert load_models(OcrConfig(pack=pack, precision="int8"), store).rec.path == \
+        serving_recognizer(variant.files["rec"], variant.files["dict"], "all", True)[0]
+    served, chars = serving_recognizer(variant.files["rec"], variant.files["dict"], "all",
+                                       quantized_head=True)
+    assert chars == variant.charset
+    batch = _rendered_line_batch(7)
+    probabilities = ModelSession(variant.files["rec"], SessionSettings())(batch)
+    best, probability = (values.reshape(len(batch), -1)
+                         for values in ModelSession(served, SessionSettings()).outputs(batch))
+    read = probabilities.argmax(axis=2)
+    assert (read > 0).mean() > 0.1  # the rendered lines are read, not only blanks
+    assert (best == read).mean() >= 0.99
+    top_two = np.sort(probabilities, axis=2)[:, :, -2:]
+    assert np.all((best == read) | (top_two[:, :, 1] - top_two[:, :, 0] < 0.5))
+    difference = np.abs(probability - probabilities.max(axis=2))
+    assert difference.max() < 0.15 and difference.mean() < 0.005
+
+
 def test_the_latin_recogniser_chooses_among_the_latin_classes_only(store):
     from edge.ocr.charset import LATIN
 

@@ -52,7 +52,8 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
     settings = SessionSettings(device=device, threads=config.threads)
-    rec, charset = serving_recognizer(variant.files["rec"], variant.files["dict"], config.charset)
+    rec, charset = serving_recognizer(variant.files["rec"], variant.files["dict"], config.charset,
+                                      quantized_head=variant.precision == "int8")
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)

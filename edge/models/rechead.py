@@ -11,6 +11,14 @@ be searched. The same results: 40 receipts read with identical text, the recogni
 against 79-123 MB before (small pack). ONNX Runtime's ReduceLogSumExp in place of the Softmax
 measured slower: it is not vectorised.
 
+In the int8 variant the Gemm is quantized instead (`_quantized_class_layer`): weights in int8
+with a scale per class, each batch's hidden features quantized to uint8 as it runs, one
+DynamicQuantizeMatMul of ONNX Runtime. Measured against the float layer (small pack, all
+characters; AMD Zen 4, 2 cores): recognition 1.04x faster summed over 40 receipts (median per
+receipt 1.07x), the model 6.7 MB smaller in memory once loaded; words F1 0.9009 against 0.9016
+on 100 receipts, 0.9455 against 0.9465 on 10 A4 scans, 0.936 on 40 street scenes either way,
+and 0.8394 against 0.8356 with the tiny pack's Latin set on the receipts.
+
 With a character set (`ocr.charset`), the head is first cut to the set's classes: that layer
 is then proportionally cheaper, and characters outside the set (CJK look-alikes of `1` or `-`)
 can no longer be chosen. The probabilities are then over the kept set only.
@@ -34,18 +42,27 @@ from edge.ocr.charset import CHARSETS
 
 # outputs of the derived model, each one value per time step of the batch (batch x steps)
 BEST_CLASS, BEST_PROBABILITY = "best_class", "best_probability"
-# in the derived file's name: changed whenever the rewrite changes, so older files are remade
-HEAD_FORMAT = "steps"
+# in the derived file's name: changed whenever the rewrite changes, so older files are remade;
+# the second is the int8 variant's, its class layer quantized
+HEAD_FORMAT, QUANTIZED_HEAD_FORMAT = "steps", "steps-int8"
+_QUANTIZED_FLAG = "--quantized-head"
+_CONTRIB = "com.microsoft"
+# the quantized class layer's weights use 7 bits: on x86 without VNNI, ONNX Runtime sums pairs
+# of uint8 x int8 products in int16, which full 8-bit weights can overflow. On 100 receipts 7 bits
+# read as well as 8 (words F1 0.9009 and 0.9008)
+HEAD_WEIGHT_LEVELS = 63
 
 
-def serving_recognizer(rec: Path, dictionary: Path, charset: str) -> tuple[Path, list[str]]:
+def serving_recognizer(rec: Path, dictionary: Path, charset: str, quantized_head: bool = False
+                       ) -> tuple[Path, list[str]]:
     """The derived recogniser for `charset` ("all" or a name in CHARSETS) and the characters it
-    outputs, made beside `rec` on first use and whenever `rec` is newer (the model directory
-    must be writable then)."""
-    model, chars = derived_paths(rec, charset)
+    outputs, its class layer quantized if `quantized_head`; made beside `rec` on first use and
+    whenever `rec` is newer (the model directory must be writable then)."""
+    model, chars = derived_paths(rec, charset, quantized_head)
     if not _newer_than(chars, rec) or not _newer_than(model, rec):
-        done = subprocess.run([sys.executable, "-m", "edge.models.rechead", str(rec),
-                               str(dictionary), charset], capture_output=True, text=True)
+        command = [sys.executable, "-m", "edge.models.rechead", str(rec), str(dictionary),
+                   charset, *([_QUANTIZED_FLAG] if quantized_head else [])]
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ModelError(f"cannot prepare {rec} for reading ({charset} charset): "
                              f"{done.stderr.strip()[-300:]}",
@@ -60,23 +77,24 @@ def _newer_than(derived: Path, source: Path) -> bool:
         return False
 
 
-def derived_paths(rec: Path, charset: str) -> tuple[Path, Path]:
+def derived_paths(rec: Path, charset: str, quantized_head: bool = False) -> tuple[Path, Path]:
     """Where the derived model and its character list are kept."""
-    return (rec.with_name(f"rec.{charset}.{HEAD_FORMAT}.onnx"),
-            rec.with_name(f"rec.{charset}.{HEAD_FORMAT}.txt"))
+    head = QUANTIZED_HEAD_FORMAT if quantized_head else HEAD_FORMAT
+    return rec.with_name(f"rec.{charset}.{head}.onnx"), rec.with_name(f"rec.{charset}.{head}.txt")
 
 
-def derive(model, charset: Sequence[str], keep: frozenset[str] | None) -> list[str]:
+def derive(model, charset: Sequence[str], keep: frozenset[str] | None,
+           quantized_head: bool = False) -> list[str]:
     """Rewrite the onnx `model` in place: its head cut to `keep` (None keeps every class), then
-    reduced to the best class and its probability per time step. Returns the characters the
-    model now outputs."""
+    reduced to the best class and its probability per time step, its class layer quantized if
+    `quantized_head`. Returns the characters the model now outputs."""
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     matmul, bias_add = _head(graph, weights, len(charset) + 2)
     kept = list(charset)
     if keep is not None:
         kept = _cut(weights, matmul, bias_add, charset, keep)
-    _best_class_head(model, weights, matmul, bias_add)
+    _best_class_head(model, weights, matmul, bias_add, quantized_head)
     return kept
 
 
@@ -106,9 +124,10 @@ def _cut(weights: dict, matmul, bias_add, charset: Sequence[str], keep: frozense
     return [charset[i - 1] for i in classes[1:-1]]
 
 
-def _best_class_head(model, weights: dict, matmul, bias_add) -> None:
+def _best_class_head(model, weights: dict, matmul, bias_add, quantized: bool) -> None:
     """Replace MatMul, bias Add, Softmax (and the Cast to float32 of an fp16 model) with a Gemm
-    over the flattened time steps and the two reductions the engine reads."""
+    (or its quantized form) over the flattened time steps and the two reductions the engine
+    reads."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -121,8 +140,9 @@ def _best_class_head(model, weights: dict, matmul, bias_add) -> None:
         "head_flat", "head_logits", "head_probabilities"))
     probability = BEST_PROBABILITY if tail[-1].op_type != "Cast" else _unique(graph, "head_p")
     nodes = [helper.make_node("Reshape", [matmul.input[0], shape], [flat]),
-             helper.make_node("Gemm", [flat, matmul.input[1], _bias_name(bias_add, weights)],
-                              [logits]),
+             (_quantized_class_layer(model, weights, matmul, bias_add, flat, logits) if quantized
+              else helper.make_node("Gemm", [flat, matmul.input[1],
+                                             _bias_name(bias_add, weights)], [logits])),
              helper.make_node("Softmax", [logits], [probabilities], axis=1),
              helper.make_node("TopK", [probabilities, one], [probability, BEST_CLASS], axis=1)]
     if probability != BEST_PROBABILITY:  # an fp16 model hands out float32
@@ -136,6 +156,30 @@ def _best_class_head(model, weights: dict, matmul, bias_add) -> None:
     graph.output.extend([helper.make_tensor_value_info(BEST_CLASS, TensorProto.INT64, [None, 1]),
                          helper.make_tensor_value_info(BEST_PROBABILITY, TensorProto.FLOAT,
                                                        [None, 1])])
+
+
+def _quantized_class_layer(model, weights: dict, matmul, bias_add, features: str, logits: str):
+    """ONNX Runtime's DynamicQuantizeMatMul in place of the class layer: weights in int8 with a
+    scale per class (symmetric, within HEAD_WEIGHT_LEVELS), the features quantized per batch."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    kernel = numpy_helper.to_array(weights[matmul.input[1]]).astype(np.float32)
+    scale = np.abs(kernel).max(axis=0) / HEAD_WEIGHT_LEVELS
+    scale[scale == 0] = 1.0
+    levels = np.clip(np.rint(kernel / scale), -HEAD_WEIGHT_LEVELS, HEAD_WEIGHT_LEVELS)
+    names = [_unique(graph, name) for name in ("head_kernel_int8", "head_kernel_scale",
+                                               "head_kernel_zero_point")]
+    graph.initializer.extend([
+        numpy_helper.from_array(levels.astype(np.int8), names[0]),
+        numpy_helper.from_array(scale.astype(np.float32), names[1]),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int8), names[2])])
+    graph.initializer.remove(weights.pop(matmul.input[1]))
+    if not any(entry.domain == _CONTRIB for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_CONTRIB, 1))
+    return helper.make_node("DynamicQuantizeMatMul",
+                            [features, *names, _bias_name(bias_add, weights)], [logits],
+                            domain=_CONTRIB)
 
 
 def _tail(graph, bias_add) -> list:
@@ -167,13 +211,13 @@ def _unique(graph, name: str) -> str:
     return name
 
 
-def _write(rec: Path, dictionary: Path, charset: str) -> None:
+def _write(rec: Path, dictionary: Path, charset: str, quantized_head: bool) -> None:
     import onnx
 
     model = onnx.load(str(rec))
     chars = derive(model, dictionary.read_text(encoding="utf-8").splitlines(),
-                   None if charset == "all" else CHARSETS[charset])
-    target_model, target_chars = derived_paths(rec, charset)
+                   None if charset == "all" else CHARSETS[charset], quantized_head)
+    target_model, target_chars = derived_paths(rec, charset, quantized_head)
     for target, data in ((target_model, model.SerializeToString()),
                          (target_chars, "\n".join(chars).encode("utf-8"))):
         staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -185,4 +229,4 @@ def _write(rec: Path, dictionary: Path, charset: str) -> None:
 
 
 if __name__ == "__main__":
-    _write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
+    _write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], _QUANTIZED_FLAG in sys.argv[4:])
