@@ -47,9 +47,9 @@ BEST_CLASS, BEST_PROBABILITY = "best_class", "best_probability"
 HEAD_FORMAT, QUANTIZED_HEAD_FORMAT = "steps", "steps-int8"
 _QUANTIZED_FLAG = "--quantized-head"
 _CONTRIB = "com.microsoft"
-# the quantized class layer's weights use 7 bits: on x86 without VNNI, ONNX Runtime sums pairs
-# of uint8 x int8 products in int16, which full 8-bit weights can overflow. On 100 receipts 7 bits
-# read as well as 8 (words F1 0.9009 and 0.9008)
+# the quantized class layer's weights use 7 bits, as ONNX Runtime's quantization guide advises
+# (reduce_range) for uint8 x int8 on x86 without VNNI, where pairs of 8-bit products summed in
+# 16 bits can saturate. On 100 receipts 7 bits read as well as 8 (words F1 0.9009 and 0.9008)
 HEAD_WEIGHT_LEVELS = 63
 
 
