@@ -20,6 +20,7 @@ from edge.daemon.budget import (
     MEASUREMENTS,
     MEASUREMENTS_BEFORE_REFUSING,
     REC_MIN_WIDTH,
+    SIDE_STEP,
     WORKING_MARGIN,
     BoxMemory,
     Measurement,
@@ -65,6 +66,19 @@ def test_a_tight_budget_keeps_the_resolution_and_tiles_the_detector_instead():
     assert tight.rec_max_width >= 960 and tight.predicted_mb <= 260 * HEADROOM
     words = Planner(SMALL, 260, 1280, 4, 2048).in_words(tight)
     assert "1/1 scale to 2048 px tall and detected in 4 tile(s)" in words and "capitals" in words
+
+
+def test_a_budget_that_cannot_keep_the_wanted_size_decodes_as_large_as_it_fits():
+    # the tiny pack at 160 MB with grey pages, as measured on one box: the recogniser's room
+    # beside a 1700 px page falls short by about a megabyte
+    tiny = MemoryModel(base_mb=124.4, det_fixed_mb=3.5, det_mb_per_mpx=70.67,
+                       rec_points=((0.4, 16.4), (0.8, 17.4), (1.2, 22.9), (1.6, 25.7)))
+    planner = Planner(tiny, 160, 1280, 2, 1700, channels=1)
+    plan = planner.plan()
+    assert 1280 < plan.image_max_side < 1700
+    assert plan.predicted_mb <= 160 * HEADROOM and plan.rec_max_width >= REC_MIN_WIDTH
+    larger = Planner(tiny, 160, 1280, 2, plan.image_max_side + SIDE_STEP, channels=1).plan()
+    assert larger.image_max_side == plan.image_max_side  # one step larger does not fit
 
 
 def test_grey_documents_leave_the_recogniser_more_room():
