@@ -15,7 +15,7 @@ from edge.config import ImagesConfig, OcrConfig
 from edge.daemon.budgeted_engine import image_limits
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
-from edge.models.rechead import serving_recognizer
+from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.ocr.crops import pack_batch, scaled_width, split_wide
 from edge.ocr.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
@@ -157,7 +157,8 @@ def test_the_served_recogniser_gives_the_best_class_and_probability_of_the_pack_
 def test_the_int8_variant_reads_with_a_quantized_class_layer_that_agrees_with_fp32(store, pack):
     variant = store.variant(pack, "int8")
     assert load_models(OcrConfig(pack=pack, precision="int8"), store).rec.path == \
-        serving_recognizer(variant.files["rec"], variant.files["dict"], "all", True)[0]
+        serving_recognizer(variant.files["rec"], variant.files["dict"], "all",
+                           quantized_head_here("int8"))[0]
     served, chars = serving_recognizer(variant.files["rec"], variant.files["dict"], "all",
                                        quantized_head=True)
     assert chars == variant.charset
@@ -172,6 +173,12 @@ def test_the_int8_variant_reads_with_a_quantized_class_layer_that_agrees_with_fp
     assert np.all((best == read) | (top_two[:, :, 1] - top_two[:, :, 0] < 0.5))
     difference = np.abs(probability - probabilities.max(axis=2))
     assert difference.max() < 0.15 and difference.mean() < 0.005
+
+
+def test_the_class_layer_is_quantized_for_the_int8_variant_on_x86_only():
+    assert quantized_head_here("int8", "x86_64")
+    assert not quantized_head_here("int8", "aarch64")
+    assert not quantized_head_here("fp32", "x86_64") and not quantized_head_here("fp16", "x86_64")
 
 
 def test_the_latin_recogniser_chooses_among_the_latin_classes_only(store):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from edge.config import OcrConfig
-from edge.models.rechead import serving_recognizer
+from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.models.store import ModelStore, Variant
 from edge.ocr.classifier import Classifier, ClassifierSettings
 from edge.ocr.detector import Detector, DetectorSettings, input_quantization
@@ -53,7 +53,7 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
     spec = store.spec(config.pack)
     settings = SessionSettings(device=device, threads=config.threads)
     rec, charset = serving_recognizer(variant.files["rec"], variant.files["dict"], config.charset,
-                                      quantized_head=variant.precision == "int8")
+                                      quantized_head_here(variant.precision))
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)

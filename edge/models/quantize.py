@@ -4,7 +4,7 @@ int8: the detector gets static QDQ quantization (converted to opset 17 and rewri
 `edge.models.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration),
 is rewritten again once quantized, and then takes its input already quantized (see
 `take_quantized_input`). The recogniser and classifier stay fp32, and the int8 variant reuses
-their files; only the recogniser's class layer runs in int8, quantized when the served
+their files; on x86 only the recogniser's class layer runs in int8, quantized when the served
 recogniser is derived from the file (`edge.models.rechead`). The whole recogniser quantized
 dynamically measured slower and less accurate, statically 1.5x faster but 3 points of words F1
 lower (even with its stem, squeeze-excite branches and attention neck left in fp32); the
@@ -33,6 +33,7 @@ from edge.config import OcrConfig
 from edge.frames import DecodedImage
 from edge.models.calibration import folder_images, rendered_images
 from edge.models.factory import build_pipeline, detector_settings
+from edge.models.rechead import quantized_head_here
 from edge.models.rewrite import rewrite_for_int8, rewrite_quantized
 from edge.models.store import ModelStore, Variant, write_variant
 from edge.ocr.detector import INPUT_QUANTIZATION, Detector
@@ -92,8 +93,9 @@ def build_int8(store: ModelStore, pack: str, calibration: CalibrationSet) -> Var
     det_out = pack_dir / "int8" / "det.onnx"
     _quantize_static(fp32.files["det"], det_out, inputs)
     files = dict(fp32.files, det=det_out)
+    quantized = ["det", "rec class layer"] if quantized_head_here("int8") else ["det"]
     write_variant(pack_dir, "int8", files, {"calibration": calibration.description,
-                                            "quantized": ["det", "rec class layer"],
+                                            "quantized": quantized,
                                             "recipe": RECIPES["int8"],
                                             DET_INPUT: det_input(spec.preprocess),
                                             "agreement": None})

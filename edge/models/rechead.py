@@ -11,7 +11,7 @@ be searched. The same results: 40 receipts read with identical text, the recogni
 against 79-123 MB before (small pack). ONNX Runtime's ReduceLogSumExp in place of the Softmax
 measured slower: it is not vectorised.
 
-In the int8 variant the Gemm is quantized instead (`_quantized_class_layer`): weights in int8
+In the int8 variant on x86 the Gemm is quantized instead (`_quantized_class_layer`): weights in int8
 with a scale per class, each batch's hidden features quantized to uint8 as it runs, one
 DynamicQuantizeMatMul of ONNX Runtime. Measured against the float layer (small pack, all
 characters; AMD Zen 4, 2 cores): recognition 1.04x faster summed over 40 receipts (median per
@@ -30,6 +30,7 @@ its memory) never enters the process that serves; later starts load the cached f
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ _CONTRIB = "com.microsoft"
 # (reduce_range) for uint8 x int8 on x86 without VNNI, where pairs of 8-bit products summed in
 # 16 bits can saturate. On 100 receipts 7 bits read as well as 8 (words F1 0.9009 and 0.9008)
 HEAD_WEIGHT_LEVELS = 63
+# where the quantized class layer runs: on arm64 (an arm64 Debian under qemu-user emulation)
+# ONNX Runtime's DynamicQuantizeMatMul chose wrong classes, "ç6çç0ç00.ç6çç7ç" for "607.67
+# 35993", so arm64 keeps the float layer
+QUANTIZED_HEAD_ARCHES = ("x86_64", "AMD64")
+
+
+def quantized_head_here(precision: str, arch: str | None = None) -> bool:
+    """Whether a `precision` variant's recogniser runs its class layer in int8 on this machine
+    (or on `arch`, a `platform.machine()` name)."""
+    return precision == "int8" and (arch or platform.machine()) in QUANTIZED_HEAD_ARCHES
 
 
 def serving_recognizer(rec: Path, dictionary: Path, charset: str, quantized_head: bool = False
