@@ -11,11 +11,12 @@ be searched. The same results: 40 receipts read with identical text, the recogni
 against 79-123 MB before (small pack). ONNX Runtime's ReduceLogSumExp in place of the Softmax
 measured slower: it is not vectorised.
 
-In the int8 variant on x86 the Gemm is quantized instead (`_quantized_class_layer`): weights in int8
-with a scale per class, each batch's hidden features quantized to uint8 as it runs, one
+In the int8 variant on x86 the Gemm is quantized instead (`_quantized_class_layer`): weights
+in int8 with a scale per class, each batch's hidden features quantized to uint8 as it runs, one
 DynamicQuantizeMatMul of ONNX Runtime. Measured against the float layer (small pack, all
 characters; AMD Zen 4, 2 cores): recognition 1.04x faster summed over 40 receipts (median per
-receipt 1.07x), the model 6.7 MB smaller in memory once loaded; words F1 0.9009 against 0.9016
+receipt 1.07x) and the model 6.7 MB smaller in memory once loaded, both with 8-bit weights (the
+7-bit ones are the same op and file size); words F1 with 7-bit weights 0.9009 against 0.9016
 on 100 receipts, 0.9455 against 0.9465 on 10 A4 scans, 0.936 on 40 street scenes either way,
 and 0.8394 against 0.8356 with the tiny pack's Latin set on the receipts.
 
