@@ -281,3 +281,17 @@ def test_no_character_is_lost_or_doubled_where_a_line_is_cut_into_pieces(store):
         read_whole, read_in_pieces = whole([line])[0].text, narrow([line])[0].text
         # this font draws O and 0 alike: the model may read either, in a piece or whole
         assert read_in_pieces.replace("0", "O") == read_whole.replace("0", "O"), left
+
+
+@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
+def test_a_line_reads_the_same_whatever_lines_are_read_with_it(store, pack):
+    recognizer = assemble(load_models(OcrConfig(pack=pack, precision="int8"), store),
+                          OcrConfig(pack=pack, precision="int8")).recognizer
+    page = render_page(7, lines=6)
+    crops = [page.image[box[0][1]:box[2][1], box[0][0]:box[2][0]]
+             for box in (line.box for line in page.lines)]
+    alone = [recognizer([crop])[0] for crop in crops]
+    together = recognizer(crops)
+    assert len({scaled_width(crop, 48, 1600) for crop in crops}) > 1  # padding would differ
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.score for r in together] == pytest.approx([r.score for r in alone], abs=1e-5)

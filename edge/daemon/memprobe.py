@@ -39,8 +39,10 @@ def measure(ocr_json: str, model_dir: Path) -> Measurement:
     det = _detector_points(models, config, page)
     # a page's worth of lines of assorted widths, read in batches under several column caps:
     # the batches follow one another as on a real page, so what the heap keeps between them
-    # counts too
-    lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
+    # counts too. A batch holds lines of one width, so each width comes as often as a batch
+    # holds lines, and batches fill up to the cap
+    lines = [_blank_line(width)
+             for width in range(120, REC_FULL_WIDTH + 1, 160)] * config.rec_batch
     rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
            for columns in (400, 800, 1200, 1600)]
     return Measurement(round(base, 1), *(tuple((size, round(mb, 1)) for size, mb in points)

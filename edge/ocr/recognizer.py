@@ -23,8 +23,10 @@ EMISSION_LAG = 4.0
 class RecognizerSettings:
     """Batching of the recogniser.
 
-    Crops are sorted by width and batched; each batch is padded to a width rounded up to
-    `width_multiple`, so few distinct input shapes reach the runtime. A line wider than
+    Crops are sorted by width, rounded up to `width_multiple`, and a batch holds crops of one
+    rounded width only: the model's attention and channel gates take in the whole input width,
+    padding included, so a line padded out to a wider neighbour reads differently from the same
+    line alone. A line wider than
     `max_width` is read in pieces that overlap by `context` columns, and each piece's reading
     counts only away from its cuts. `max_columns` caps batch size times padded width, the
     recogniser's working memory: wide lines then go in smaller batches. Its default bounds the
@@ -97,12 +99,14 @@ class Recognizer:
         return results  # type: ignore[return-value]
 
     def _batches(self, order: np.ndarray, widths: list[int]) -> Iterator[list[int]]:
-        """Runs of the width-sorted order, each within batch_size and max_columns."""
+        """Runs of the width-sorted order of one rounded width, each within batch_size and
+        max_columns."""
         size, columns = self._settings.batch_size, self._settings.max_columns
         batch: list[int] = []
         for i in order:
-            wider = self._bucket(widths[i]) * (len(batch) + 1)
-            if batch and (len(batch) == size or (columns and wider > columns)):
+            width = self._bucket(widths[i])
+            if batch and (len(batch) == size or (columns and width * (len(batch) + 1) > columns)
+                          or width != self._bucket(widths[batch[0]])):
                 yield batch
                 batch = []
             batch.append(int(i))
