@@ -25,8 +25,12 @@ class RecognizerSettings:
 
     Crops are sorted by width, rounded up to `width_multiple`, and a batch holds crops of one
     rounded width only: the model's attention and channel gates take in the whole input width,
-    padding included, so a line padded out to a wider neighbour reads differently from the same
-    line alone. A line wider than
+    padding included, so a line padded out to a wider neighbour read differently from the same
+    line alone (small pack, int8 variant, 100 receipts: 148 of 5067 lines; words F1 0.9049
+    against 0.9009 with batches of mixed widths, 0.9496 against 0.9455 on 10 A4 scans, 0.9349
+    against 0.936 on 40 street scenes; recognition 2.4 % slower summed; the tiny pack with the
+    Latin set 0.8391 against 0.8394 on the receipts, 0.8803 against 0.8875 on the scans).
+    A line wider than
     `max_width` is read in pieces that overlap by `context` columns, and each piece's reading
     counts only away from its cuts. `max_columns` caps batch size times padded width, the
     recogniser's working memory: wide lines then go in smaller batches. Its default bounds the
