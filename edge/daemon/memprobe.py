@@ -39,10 +39,11 @@ def measure(ocr_json: str, model_dir: Path) -> Measurement:
     det = _detector_points(models, config, page)
     # a page's worth of lines of assorted widths, read in batches under several column caps:
     # the batches follow one another as on a real page, so what the heap keeps between them
-    # counts too. A batch holds lines of one width, so each width comes as often as a batch
-    # holds lines, and batches fill up to the cap
-    lines = [_blank_line(width)
-             for width in range(120, REC_FULL_WIDTH + 1, 160)] * config.rec_batch
+    # counts too. Each width comes twice, so a batch (of one width) holds two lines at most:
+    # with four of each, the tiny pack's peak at 400 columns came to 13.9-16.4 MB against
+    # 11.5-14.5 MB (three children each), and a fresh box then refused the 160 MB budget that
+    # its pages peak within (146-154 MB through the daemon)
+    lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
     rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
            for columns in (400, 800, 1200, 1600)]
     return Measurement(round(base, 1), *(tuple((size, round(mb, 1)) for size, mb in points)
