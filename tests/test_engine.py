@@ -128,11 +128,16 @@ def test_latin_charset_reads_rendered_text_with_latin_characters_only(store):
     assert text and set(text) <= LATIN
 
 
+def _rendered_line_crops(seed: int) -> list[np.ndarray]:
+    """The lines of a rendered page, cropped at their boxes."""
+    page = render_page(seed, lines=6)
+    return [page.image[box[0][1]:box[2][1], box[0][0]:box[2][0]]
+            for box in (line.box for line in page.lines)]
+
+
 def _rendered_line_batch(seed: int) -> np.ndarray:
     """The lines of a rendered page, cropped at their boxes and packed as one batch."""
-    page = render_page(seed, lines=6)
-    crops = [page.image[box[0][1]:box[2][1], box[0][0]:box[2][0]]
-             for box in (line.box for line in page.lines)]
+    crops = _rendered_line_crops(seed)
     width = max(scaled_width(crop, 48, 1600) for crop in crops)
     return pack_batch(crops, 48, (width + 7) // 8 * 8)
 
@@ -287,9 +292,7 @@ def test_no_character_is_lost_or_doubled_where_a_line_is_cut_into_pieces(store):
 def test_a_line_reads_the_same_whatever_lines_are_read_with_it(store, pack):
     recognizer = assemble(load_models(OcrConfig(pack=pack, precision="int8"), store),
                           OcrConfig(pack=pack, precision="int8")).recognizer
-    page = render_page(7, lines=6)
-    crops = [page.image[box[0][1]:box[2][1], box[0][0]:box[2][0]]
-             for box in (line.box for line in page.lines)]
+    crops = _rendered_line_crops(7)
     alone = [recognizer([crop])[0] for crop in crops]
     together = recognizer(crops)
     assert len({scaled_width(crop, 48, 1600) for crop in crops}) > 1  # padding would differ

@@ -42,7 +42,7 @@ def measure(ocr_json: str, model_dir: Path) -> Measurement:
     # counts too. Each width comes twice, so a batch (of one width) holds two lines at most:
     # with four of each, the tiny pack's peak at 400 columns came to 13.9-16.4 MB against
     # 11.5-14.5 MB (three children each), and a fresh box then refused the 160 MB budget that
-    # its pages peak within (146-154 MB through the daemon)
+    # its pages peak within (146-155 MB through the daemon)
     lines = [_blank_line(width) for width in range(120, REC_FULL_WIDTH + 1, 160)] * 2
     rec = [(columns / 1000, _peak_of(lambda: _recognizer(models, config, columns)(lines), base))
            for columns in (400, 800, 1200, 1600)]

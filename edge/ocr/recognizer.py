@@ -30,12 +30,12 @@ class RecognizerSettings:
     against 0.9009 with batches of mixed widths, 0.9496 against 0.9455 on 10 A4 scans, 0.9349
     against 0.936 on 40 street scenes; recognition 2.4 % slower summed; the tiny pack with the
     Latin set 0.8391 against 0.8394 on the receipts, 0.8803 against 0.8875 on the scans).
-    A line wider than
-    `max_width` is read in pieces that overlap by `context` columns, and each piece's reading
-    counts only away from its cuts. `max_columns` caps batch size times padded width, the
-    recogniser's working memory: wide lines then go in smaller batches. Its default bounds the
-    output layer's tensors (batch x width/8 x classes floats) to 15 MB each with 18710 classes,
-    where a batch of four 1600-wide lines makes them 60 MB each.
+
+    A line wider than `max_width` is read in pieces that overlap by `context` columns, and each
+    piece's reading counts only away from its cuts. `max_columns` caps batch size times padded
+    width, the recogniser's working memory: wide lines then go in smaller batches. Its default
+    bounds the output layer's tensors (batch x width/8 x classes floats) to 15 MB each with
+    18710 classes, where a batch of four 1600-wide lines makes them 60 MB each.
     """
 
     height: int = 48
