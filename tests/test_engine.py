@@ -288,10 +288,9 @@ def test_no_character_is_lost_or_doubled_where_a_line_is_cut_into_pieces(store):
         assert read_in_pieces.replace("0", "O") == read_whole.replace("0", "O"), left
 
 
-@pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
-def test_a_line_reads_the_same_whatever_lines_are_read_with_it(store, pack):
-    recognizer = assemble(load_models(OcrConfig(pack=pack, precision="int8"), store),
-                          OcrConfig(pack=pack, precision="int8")).recognizer
+@pytest.mark.parametrize("engine", ["small_int8", "tiny_int8"])
+def test_a_line_reads_the_same_whatever_lines_are_read_with_it(request, engine):
+    recognizer = request.getfixturevalue(engine).recognizer
     crops = _rendered_line_crops(7)
     alone = [recognizer([crop])[0] for crop in crops]
     together = recognizer(crops)

@@ -107,13 +107,15 @@ class Recognizer:
         max_columns."""
         size, columns = self._settings.batch_size, self._settings.max_columns
         batch: list[int] = []
+        batch_width = 0
         for i in order:
             width = self._bucket(widths[i])
-            if batch and (len(batch) == size or (columns and width * (len(batch) + 1) > columns)
-                          or width != self._bucket(widths[batch[0]])):
+            if batch and (width != batch_width or len(batch) == size
+                          or (columns and width * (len(batch) + 1) > columns)):
                 yield batch
                 batch = []
             batch.append(int(i))
+            batch_width = width
         if batch:
             yield batch
 
