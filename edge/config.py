@@ -45,7 +45,7 @@ class OcrConfig(_Section):
     charset: Literal["all", "latin"] = Field(
         "all", description="characters the recogniser may output; latin is faster and cannot "
                            "confuse digits with look-alikes of other scripts; all = whole dictionary")
-    classifier: bool = Field(True, description="turn upside-down lines (packs that have one)")
+    classifier: bool = Field(True, description="turn upside-down pages (packs that have one)")
     det_min_side: int = Field(0, ge=0, le=4096,
                               description="upscale so the shorter side reaches this; 0 = never")
     det_limit_side: int = Field(1280, ge=128, le=4096,

@@ -16,7 +16,8 @@ from edge.daemon.budgeted_engine import image_limits
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.models.rechead import quantized_head_here, serving_recognizer
-from edge.ocr.crops import pack_batch, scaled_width, split_wide
+from edge.ocr.classifier import Classifier, ClassifierSettings
+from edge.ocr.crops import crop_quad, pack_batch, scaled_width, split_wide
 from edge.ocr.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
 from edge.ocr.session import ModelSession, SessionSettings
@@ -100,6 +101,28 @@ def test_upside_down_line_is_read_the_right_way_up(small_int8):
                 cv2.LINE_AA)
     texts = [line.text for line in small_int8(decoded(cv2.rotate(canvas, cv2.ROTATE_180))).lines]
     assert "Delivery 20931" in texts
+
+
+def test_an_upside_down_page_is_read_the_right_way_up_in_reading_order(small_int8):
+    page = render_page(42, lines=8)
+    turned = np.ascontiguousarray(page.image[::-1, ::-1])
+    texts = [line.text for line in small_int8(decoded(turned)).lines]
+    expected = [line.text for line in page.lines if line.text in texts]
+    assert len(expected) >= 6
+    assert [t for t in texts if t in expected] == expected  # the page's first line first
+
+
+@pytest.mark.parametrize("upright, turned, upside_down", [(8, 0, False), (5, 3, False),
+                                                          (3, 5, True), (0, 8, True)])
+def test_a_page_is_upside_down_when_most_of_its_widest_lines_are(store, upright, turned,
+                                                                   upside_down):
+    models = load_models(OcrConfig(precision="int8"), store)
+    classifier = Classifier(models.cls, ClassifierSettings(*models.preprocess["cls_shape"]))
+    page = render_page(61, lines=8)
+    crops = [crop_quad(page.image, np.array(line.box, np.float32)) for line in page.lines]
+    crops = crops[:upright] + [np.ascontiguousarray(crop[::-1, ::-1])
+                               for crop in crops[upright:upright + turned]]
+    assert classifier(crops) is upside_down
 
 
 def test_blank_image_gives_no_lines(small_int8):

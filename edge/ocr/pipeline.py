@@ -12,14 +12,15 @@ from edge.ocr.crops import crop_quad
 from edge.ocr.detector import Detector
 from edge.ocr.recognizer import Recognizer
 
-Classifier = Callable[[list[np.ndarray]], list[np.ndarray]]
+Classifier = Callable[[list[np.ndarray]], bool]  # True: the page is upside down
 
 
 class OcrPipeline:
-    """Detector -> optional 0/180 classifier -> recogniser, serial.
+    """Detector -> optional 0/180 page classifier -> recogniser, serial.
 
     Boxes come back in original-image pixels (the decode's reduction and cut undone), lines below
-    `min_score` are dropped, and the rest are ordered top-to-bottom, left-to-right.
+    `min_score` are dropped, and the rest are in reading order: top-to-bottom, left-to-right, or
+    the other way round on a page the classifier finds upside down.
     """
 
     def __init__(self, detector: Detector, recognizer: Recognizer,
@@ -48,7 +49,8 @@ class OcrPipeline:
         crops = [crop_quad(image.pixels, quad) for quad in quads]
         if self._classifier is not None and crops:
             started = time.perf_counter()
-            crops = self._classifier(crops)
+            if self._classifier(crops):
+                quads, crops = quads[::-1], [_turned(crop) for crop in reversed(crops)]
             timings["classify"] = _ms_since(started)
         started = time.perf_counter()
         readings = self._recognizer(crops) if crops else []
@@ -81,6 +83,11 @@ def _to_original(quad: np.ndarray, image: DecodedImage):
     (left, top), scale = image.origin, image.scale
     return tuple((round(float(x) * scale + left, 1), round(float(y) * scale + top, 1))
                  for x, y in quad)
+
+
+def _turned(crop: np.ndarray) -> np.ndarray:
+    """The crop turned 180 degrees (a contiguous copy, as OpenCV wants)."""
+    return np.ascontiguousarray(crop[::-1, ::-1])
 
 
 def _ms_since(started: float) -> float:
