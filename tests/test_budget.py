@@ -122,6 +122,16 @@ def test_the_model_keeps_the_detectors_middle_and_the_recognisers_highest_peaks(
     assert model.recognizer_columns(56.9) == 0
 
 
+def test_of_children_measured_again_one_alone_does_not_set_the_recognisers_peaks():
+    def measured(rec_at_400):
+        return Measurement(126.0, ((0.2, 20.0), (0.8, 60.0)),
+                           ((0.4, rec_at_400), (0.8, rec_at_400 + 4.0)))
+
+    usual = [measured(mb) for mb in (11.5, 12.0, 12.7, 13.4, 14.6)]
+    assert fitted_model([measured(21.2), *usual]).rec_points == ((0.4, 14.6), (0.8, 18.6))
+    assert fitted_model([measured(21.2), *usual[:2]]).rec_points == ((0.4, 21.2), (0.8, 25.2))
+
+
 def test_a_budget_below_the_pack_is_refused_with_what_it_needs():
     with pytest.raises(ConfigError, match=r"memory_mb 160 is too small.*needs about \d+ MB"):
         Planner(SMALL, 160, 1280, 4, 4096).plan()
