@@ -112,17 +112,22 @@ def test_an_upside_down_page_is_read_the_right_way_up_in_reading_order(small_int
     assert [t for t in texts if t in expected] == expected  # the page's first line first
 
 
+@pytest.fixture(scope="module")
+def small_classifier(store):
+    """The small pack's page classifier, loaded once for the module."""
+    models = load_models(OcrConfig(precision="int8"), store)
+    return Classifier(models.cls, ClassifierSettings(*models.preprocess["cls_shape"]))
+
+
 @pytest.mark.parametrize("upright, turned, upside_down", [(8, 0, False), (5, 3, False),
                                                           (3, 5, True), (0, 8, True)])
-def test_a_page_is_upside_down_when_most_of_its_widest_lines_are(store, upright, turned,
-                                                                   upside_down):
-    models = load_models(OcrConfig(precision="int8"), store)
-    classifier = Classifier(models.cls, ClassifierSettings(*models.preprocess["cls_shape"]))
+def test_a_page_is_upside_down_when_most_of_its_widest_lines_are(small_classifier, upright,
+                                                                   turned, upside_down):
     page = render_page(61, lines=8)
     crops = [crop_quad(page.image, np.array(line.box, np.float32)) for line in page.lines]
     crops = crops[:upright] + [np.ascontiguousarray(crop[::-1, ::-1])
                                for crop in crops[upright:upright + turned]]
-    assert classifier(crops) is upside_down
+    assert small_classifier(crops) is upside_down
 
 
 def test_blank_image_gives_no_lines(small_int8):

@@ -383,7 +383,7 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
     def middle(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
 
-    def highest(values: list[float]) -> float:
+    def upper(values: list[float]) -> float:  # the highest, or of more children the second
         return sorted(values)[-2 if len(values) > MEASUREMENTS else -1]
 
     def peaks(stage: str, pick: Callable[[list[float]], float]) -> list[tuple[float, float]]:
@@ -391,7 +391,7 @@ def fitted_model(measurements: list[Measurement]) -> MemoryModel:
         return [(size, pick([run[i][1] for run in runs])) for i, (size, _) in enumerate(runs[0])]
 
     det_fixed, det_slope = _line_fit(peaks("detector", middle))
-    widths, rec_mb = zip(*peaks("recognizer", highest))
+    widths, rec_mb = zip(*peaks("recognizer", upper))
     rising = tuple(zip(widths, (round(mb, 1) for mb in itertools.accumulate(rec_mb, max))))
     return MemoryModel(round(middle([m.base_mb for m in measurements]), 1), round(det_fixed, 1),
                        round(det_slope, 2), rising)
