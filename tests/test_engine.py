@@ -17,7 +17,7 @@ from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.ocr.classifier import Classifier, ClassifierSettings
-from edge.ocr.crops import crop_quad, pack_batch, scaled_width, split_wide
+from edge.ocr.crops import crop_quad, pack_batch, scaled_width, split_wide, turned
 from edge.ocr.imageio import decode_bytes
 from edge.ocr.pipeline import reading_order
 from edge.ocr.session import ModelSession, SessionSettings
@@ -113,21 +113,54 @@ def test_an_upside_down_page_is_read_the_right_way_up_in_reading_order(small_int
 
 
 @pytest.fixture(scope="module")
-def small_classifier(store):
-    """The small pack's page classifier, loaded once for the module."""
+def small_classifier_model(store):
+    """The small pack's page classifier model and its input shape, loaded once for the module."""
     models = load_models(OcrConfig(precision="int8"), store)
-    return Classifier(models.cls, ClassifierSettings(*models.preprocess["cls_shape"]))
+    return models.cls, models.preprocess["cls_shape"]
 
 
-@pytest.mark.parametrize("upright, turned, upside_down", [(8, 0, False), (5, 3, False),
-                                                          (3, 5, True), (0, 8, True)])
-def test_a_page_is_upside_down_when_most_of_its_widest_lines_are(small_classifier, upright,
-                                                                   turned, upside_down):
-    page = render_page(61, lines=8)
+def _page_crops(seed: int, lines: int, upright: int) -> list[np.ndarray]:
+    """The line crops of a rendered page, all but the first `upright` turned upside down."""
+    page = render_page(seed, lines=lines)
     crops = [crop_quad(page.image, np.array(line.box, np.float32)) for line in page.lines]
-    crops = crops[:upright] + [np.ascontiguousarray(crop[::-1, ::-1])
-                               for crop in crops[upright:upright + turned]]
-    assert small_classifier(crops) is upside_down
+    return crops[:upright] + [turned(crop) for crop in crops[upright:]]
+
+
+@pytest.mark.parametrize("upright, upside_down", [(8, False), (5, False), (3, True), (0, True)])
+def test_a_page_is_upside_down_when_most_of_its_widest_lines_are(small_classifier_model,
+                                                                   upright, upside_down):
+    model, shape = small_classifier_model
+    classifier = Classifier(model, ClassifierSettings(*shape))
+    assert classifier(_page_crops(61, 8, upright)) is upside_down
+
+
+class _CountedReader:
+    """The real recogniser, with a count of the lines it was asked to read."""
+
+    def __init__(self, recognizer) -> None:
+        self.recognizer, self.lines = recognizer, 0
+
+    def __call__(self, crops):
+        self.lines += len(crops)
+        return self.recognizer(crops)
+
+
+@pytest.mark.parametrize("upright, upside_down", [(3, False), (0, True)])
+def test_an_unsure_vote_is_settled_by_how_the_lines_read_both_ways(
+        small_classifier_model, small_int8, upright, upside_down):
+    model, shape = small_classifier_model
+    reader = _CountedReader(small_int8.recognizer)
+    never_sure = Classifier(model, ClassifierSettings(*shape, sure=float("inf")), reader=reader)
+    assert never_sure(_page_crops(62, 3, upright)) is upside_down
+    assert reader.lines == 6  # each line once each way
+
+
+def test_a_sure_vote_reads_no_line(small_classifier_model, small_int8):
+    model, shape = small_classifier_model
+    reader = _CountedReader(small_int8.recognizer)
+    classifier = Classifier(model, ClassifierSettings(*shape), reader=reader)
+    assert classifier(_page_crops(61, 8, 0)) is True
+    assert reader.lines == 0
 
 
 def test_blank_image_gives_no_lines(small_int8):

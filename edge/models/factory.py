@@ -89,7 +89,8 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
     classifier = None
     if models.cls is not None:
         height, width = models.preprocess["cls_shape"]
-        classifier = Classifier(models.cls, ClassifierSettings(height=height, width=width))
+        classifier = Classifier(models.cls, ClassifierSettings(height=height, width=width),
+                                reader=recognizer)
     return OcrPipeline(detector, recognizer, classifier, min_score=config.min_score)
 
 

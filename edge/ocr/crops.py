@@ -27,6 +27,11 @@ def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return crop
 
 
+def turned(crop: np.ndarray) -> np.ndarray:
+    """The crop turned 180 degrees (a contiguous copy, as OpenCV wants)."""
+    return np.ascontiguousarray(crop[::-1, ::-1])
+
+
 def scaled_width(crop: np.ndarray, height: int, max_width: int) -> int:
     """Width of the crop once resized to `height`, capped at `max_width`."""
     h, w = crop.shape[:2]

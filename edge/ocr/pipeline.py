@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edge.frames import DecodedImage, OcrResult, TextLine
-from edge.ocr.crops import crop_quad
+from edge.ocr.crops import crop_quad, turned
 from edge.ocr.detector import Detector
 from edge.ocr.recognizer import Recognizer
 
@@ -50,7 +50,7 @@ class OcrPipeline:
         if self._classifier is not None and crops:
             started = time.perf_counter()
             if self._classifier(crops):
-                quads, crops = quads[::-1], [_turned(crop) for crop in reversed(crops)]
+                quads, crops = quads[::-1], [turned(crop) for crop in reversed(crops)]
             timings["classify"] = _ms_since(started)
         started = time.perf_counter()
         readings = self._recognizer(crops) if crops else []
@@ -83,11 +83,6 @@ def _to_original(quad: np.ndarray, image: DecodedImage):
     (left, top), scale = image.origin, image.scale
     return tuple((round(float(x) * scale + left, 1), round(float(y) * scale + top, 1))
                  for x, y in quad)
-
-
-def _turned(crop: np.ndarray) -> np.ndarray:
-    """The crop turned 180 degrees (a contiguous copy, as OpenCV wants)."""
-    return np.ascontiguousarray(crop[::-1, ::-1])
 
 
 def _ms_since(started: float) -> float:
