@@ -4,7 +4,12 @@ Options are set explicitly rather than left to defaults: the CPU memory arena is
 never returns memory and grows with every new input shape; memory patterns are off because one is
 cached per input shape (measured: peak RSS over 100 receipts 353 MB with them, 286 MB without, at
 the same speed); thread counts come from settings so a daemon sharing a box does not take every
-core.
+core; and idle worker threads block instead of spinning. The engine runs three sessions one after
+another, each with its own thread pool, and each pool's threads spun on after its run, taking the
+cores from the next session and from the Python work between them. Measured in one process on
+2 cores (small pack, medians per image, spinning against not): 40 street scenes 126 against
+72 ms, 40 camera frames 55 against 45 ms, 100 receipts 350 against 332 ms. A box also stops
+burning a core in the gaps between frames.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def _load(source: str | bytes, settings: SessionSettings, path: Path) -> ort.Inf
     options.enable_mem_pattern = False
     options.intra_op_num_threads = settings.threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
