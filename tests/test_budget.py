@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from edge.errors import ConfigError, ImageTooLargeError
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
 from edge.models.factory import MemoryCaps, assemble, load_models
+from edge.ocr.detector import TILE_MARGIN, _spans, largest_tile, tile_count
 from edge.ocr.imageio import decode_bytes
 
 SMALL = MemoryModel(base_mb=149.0, det_fixed_mb=5.0, det_mb_per_mpx=140.0,
@@ -267,6 +269,27 @@ def test_a_line_that_crosses_tile_borders_is_read_once_and_whole(store, tile):
     whole = assemble(models, config)(image)
     assert [line.text for line in whole.lines] == [text]
     assert [line.text for line in tiled(image).lines] == [text]
+
+
+@pytest.mark.parametrize("length, tile", [(704, 352), (704, 448), (1280, 832), (2016, 160),
+                                          (1216, 480), (736, 704)])
+def test_tiles_are_the_fewest_of_one_size_that_cover_the_input_with_their_margins(length, tile):
+    spans = _spans(length, tile, 32)
+    size = spans[0][1] - spans[0][0]
+    assert all(end - start == size for start, end, _ in spans) and size <= tile and size % 32 == 0
+    assert len(spans) == math.ceil((length - 2 * TILE_MARGIN) / (tile - 2 * TILE_MARGIN))
+    assert len(_spans(length, size - 32, 32)) > len(spans)  # no smaller size covers with as few
+    assert spans[0][2][0] == 0 and spans[-1][2][1] == length  # kept parts: the whole input, once
+    assert all(a[2][1] == b[2][0] for a, b in zip(spans, spans[1:]))
+    for start, end, (first, last) in spans:  # each kept part has context on its cut sides
+        assert (start == 0 or first - start >= TILE_MARGIN) and (
+            end == length or end - last >= TILE_MARGIN)
+
+
+def test_a_frame_in_three_strips_runs_smaller_strips_than_its_cap():
+    cap = 490_000  # strips of up to 352 rows of a 1280x704 input
+    assert tile_count(1280, 704, cap) == 3
+    assert largest_tile(1280, 704, cap) == 1280 * 288  # 3 x 288 rows, not 3 x 352
 
 
 def test_the_same_images_read_the_same_in_any_order_under_a_budget(store):

@@ -52,12 +52,17 @@ def measure(ocr_json: str, model_dir: Path) -> Measurement:
 
 def _detector_points(models, config: OcrConfig, page) -> list[tuple[float, float]]:
     """(tile MP, peak MB) of the detector as a budget runs it: over tiles of a page larger
-    than any of them, the stitched map included. The page itself is held outside the
-    measurement (the plan counts the decoded image apart)."""
+    than any of them, the stitched map included. A point's size is its largest tile, not the
+    cap it ran under (tiles are as small as covering the page allows). The page itself is
+    held outside the measurement (the plan counts the decoded image apart)."""
     wide = cv2.resize(page, (PROBE_SIDE, PROBE_SIDE * 3 // 4))
     with_page = _settled_rss()
-    return [(cap / 1e6, _peak_of(lambda: _tiled_detector(models, config, cap)(wide), with_page))
-            for cap in (200_000, 350_000, 500_000, 650_000, 800_000)]
+    points = []
+    for cap in (200_000, 350_000, 500_000, 650_000, 800_000):
+        detector = _tiled_detector(models, config, cap)
+        points.append((detector.largest_run(wide) / 1e6, _peak_of(lambda: detector(wide),
+                                                                   with_page)))
+    return points
 
 
 def _tiled_detector(models, config: OcrConfig, cap: int):

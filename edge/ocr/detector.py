@@ -108,6 +108,12 @@ class Detector:
         width, height = self.input_size(image)
         return tile_count(width, height, self._settings.max_pixels, self._settings.multiple)
 
+    def largest_run(self, image: np.ndarray) -> int:
+        """Pixels of the largest single model run the image takes (tiles are no larger than
+        `max_pixels`, and as small as covering the input with that many allows)."""
+        width, height = self.input_size(image)
+        return largest_tile(width, height, self._settings.max_pixels, self._settings.multiple)
+
     def input_size(self, image: np.ndarray) -> tuple[int, int]:
         """(width, height) at the model's scale: multiples of `multiple` within the limits."""
         height, width = image.shape[:2]
@@ -124,10 +130,11 @@ class Detector:
             resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             return self._model(self._tensor(resized))[0, 0]
         prob = np.empty((height, width), np.uint8)  # a quarter of float32's size, 1/255 steps
-        tile_h, tile_w = _tile_shape(height, width, cap, self._settings.multiple)
+        multiple = self._settings.multiple
+        tile_h, tile_w = _tile_shape(height, width, cap, multiple)
         scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
         for (y0, y1, keep_y), (x0, x1, keep_x) in itertools.product(
-                _spans(height, tile_h), _spans(width, tile_w)):
+                _spans(height, tile_h, multiple), _spans(width, tile_w, multiple)):
             # the tile's pixels sampled where a resize of the whole image would sample them
             to_source = np.float32([[scale_x, 0, (x0 + 0.5) * scale_x - 0.5],
                                     [0, scale_y, (y0 + 0.5) * scale_y - 0.5]])
@@ -215,7 +222,17 @@ def tile_count(width: int, height: int, cap: int, multiple: int = 32) -> int:
     if not cap or width * height <= cap:
         return 1
     tile_h, tile_w = _tile_shape(height, width, cap, multiple)
-    return len(_spans(height, tile_h)) * len(_spans(width, tile_w))
+    return len(_spans(height, tile_h, multiple)) * len(_spans(width, tile_w, multiple))
+
+
+def largest_tile(width: int, height: int, cap: int, multiple: int = 32) -> int:
+    """Pixels of the largest model run over an input of width x height under a tile area cap
+    (0: no cap); every tile of an input is of one size."""
+    if not cap or width * height <= cap:
+        return width * height
+    tile_h, tile_w = _tile_shape(height, width, cap, multiple)
+    rows, columns = _spans(height, tile_h, multiple)[0], _spans(width, tile_w, multiple)[0]
+    return (rows[1] - rows[0]) * (columns[1] - columns[0])
 
 
 def _tile_shape(height: int, width: int, cap: int, multiple: int) -> tuple[int, int]:
@@ -228,16 +245,24 @@ def _tile_shape(height: int, width: int, cap: int, multiple: int) -> tuple[int, 
     return min(side, height), min(side, width)
 
 
-def _spans(length: int, tile: int) -> list[tuple[int, int, tuple[int, int]]]:
-    """Tiles of `tile` covering `length`, overlapping by at least 2 * TILE_MARGIN: each as
-    (start, end, (first, last) of the part it is kept for). Starts are multiples of the tile's
-    step; the last tile ends at `length`."""
+def _spans(length: int, tile: int, multiple: int) -> list[tuple[int, int, tuple[int, int]]]:
+    """The fewest tiles of at most `tile` that cover `length` overlapping by at least
+    2 * TILE_MARGIN, all of one size (a multiple of `multiple`, the smallest that covers) and
+    spread evenly: each as (start, end, (first, last) of the part it is kept for).
+
+    Full-size tiles, the last pushed back over its neighbour, ran 1.28-1.42 times the input's
+    pixels on receipts, 1.2-1.5 on A4 scans and 1.09-1.5 on camera frames; even ones 1.08,
+    1.13-1.2 and 1.09-1.23, and read as well (small pack, words F1 over tile caps of 0.40-0.60
+    MP): receipts 0.9093 against 0.9094 on average, A4 scans 0.9495 against 0.9480, street
+    scenes 0.9352-0.936 against 0.9308-0.936."""
     if tile >= length:
         return [(0, length, (0, length))]
-    step = tile - 2 * TILE_MARGIN
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    cuts = [0] + [(nxt + start + tile) // 2 for start, nxt in zip(starts, starts[1:])] + [length]
-    return [(start, start + tile, (cuts[i], cuts[i + 1])) for i, start in enumerate(starts)]
+    overlap = 2 * TILE_MARGIN
+    count = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, math.ceil((length + overlap * (count - 1)) / count / multiple) * multiple)
+    starts = [round(i * (length - size) / (count - 1)) for i in range(count)]
+    cuts = [0] + [(nxt + start + size) // 2 for start, nxt in zip(starts, starts[1:])] + [length]
+    return [(start, start + size, (cuts[i], cuts[i + 1])) for i, start in enumerate(starts)]
 
 
 def input_quantization(metadata: dict) -> Optional[tuple[float, int]]:
