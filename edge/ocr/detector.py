@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 Model = Callable[[np.ndarray], np.ndarray]
+Spans = list[tuple[int, int, tuple[int, int]]]  # tiles along one side: start, end, kept part
 # model metadata naming the (scale, zero point) of a model that takes its input quantized
 INPUT_QUANTIZATION = "edge-ocr.input_quantization"
 _DILATION = np.ones((2, 2), np.uint8)
@@ -130,11 +131,9 @@ class Detector:
             resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             return self._model(self._tensor(resized))[0, 0]
         prob = np.empty((height, width), np.uint8)  # a quarter of float32's size, 1/255 steps
-        multiple = self._settings.multiple
-        tile_h, tile_w = _tile_shape(height, width, cap, multiple)
         scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
         for (y0, y1, keep_y), (x0, x1, keep_x) in itertools.product(
-                _spans(height, tile_h, multiple), _spans(width, tile_w, multiple)):
+                *_grid(width, height, cap, self._settings.multiple)):
             # the tile's pixels sampled where a resize of the whole image would sample them
             to_source = np.float32([[scale_x, 0, (x0 + 0.5) * scale_x - 0.5],
                                     [0, scale_y, (y0 + 0.5) * scale_y - 0.5]])
@@ -221,8 +220,8 @@ def tile_count(width: int, height: int, cap: int, multiple: int = 32) -> int:
     """Model runs for an input of width x height under a tile area cap (0: no cap)."""
     if not cap or width * height <= cap:
         return 1
-    tile_h, tile_w = _tile_shape(height, width, cap, multiple)
-    return len(_spans(height, tile_h, multiple)) * len(_spans(width, tile_w, multiple))
+    rows, columns = _grid(width, height, cap, multiple)
+    return len(rows) * len(columns)
 
 
 def largest_tile(width: int, height: int, cap: int, multiple: int = 32) -> int:
@@ -230,9 +229,14 @@ def largest_tile(width: int, height: int, cap: int, multiple: int = 32) -> int:
     (0: no cap); every tile of an input is of one size."""
     if not cap or width * height <= cap:
         return width * height
+    (y0, y1, _), (x0, x1, _) = (spans[0] for spans in _grid(width, height, cap, multiple))
+    return (y1 - y0) * (x1 - x0)
+
+
+def _grid(width: int, height: int, cap: int, multiple: int) -> tuple[Spans, Spans]:
+    """The tiles of an input too large for `cap`: their spans down and across."""
     tile_h, tile_w = _tile_shape(height, width, cap, multiple)
-    rows, columns = _spans(height, tile_h, multiple)[0], _spans(width, tile_w, multiple)[0]
-    return (rows[1] - rows[0]) * (columns[1] - columns[0])
+    return _spans(height, tile_h, multiple), _spans(width, tile_w, multiple)
 
 
 def _tile_shape(height: int, width: int, cap: int, multiple: int) -> tuple[int, int]:
@@ -245,7 +249,7 @@ def _tile_shape(height: int, width: int, cap: int, multiple: int) -> tuple[int, 
     return min(side, height), min(side, width)
 
 
-def _spans(length: int, tile: int, multiple: int) -> list[tuple[int, int, tuple[int, int]]]:
+def _spans(length: int, tile: int, multiple: int) -> Spans:
     """The fewest tiles of at most `tile` that cover `length` overlapping by at least
     2 * TILE_MARGIN, all of one size (a multiple of `multiple`, the smallest that covers) and
     spread evenly: each as (start, end, (first, last) of the part it is kept for).

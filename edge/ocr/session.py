@@ -9,7 +9,8 @@ another, each with its own thread pool, and each pool's threads spun on after it
 cores from the next session and from the Python work between them. Measured in one process on
 an AMD EPYC (Zen 5, 2 cores; small pack, medians per image, spinning against not): 40 street
 scenes 126 against 72 ms, 40 camera frames 55 against 45 ms, 100 receipts 350 against 332 ms.
-A box also stops burning a core in the gaps between frames.
+Idle, the process also no longer spends CPU after each frame: 32-35 ms of it in the half second
+after a page with spinning, 0.1 ms without.
 """
 
 from __future__ import annotations
