@@ -128,6 +128,23 @@ def test_nearest_upsamplings_become_copies_of_the_8_bit_tensor(tmp_path):
     assert got.shape == (1, 8, 24, 40) and np.array_equal(got, expected)
 
 
+def test_a_concatenated_input_is_quantized_at_the_concatenations_scale(tmp_path):
+    model = _quantized_concat(tmp_path)
+    tensor = np.random.default_rng(5).normal(size=(1, 8, 6, 6)).astype(np.float32)
+    expected = _run(model, tensor)
+    assert rewrite.concat_inputs_at_output_scale(model) == 1  # the pooled input keeps its own
+    onnx.checker.check_model(model)
+    assert _concat_input_scales(model) == [False, True]
+    step = float(np.abs(expected).max()) / 127
+    assert float(np.abs(_run(model, tensor) - expected).max()) <= 3 * step
+
+
+def test_built_int8_detectors_concatenate_without_requantizing(store):
+    for pack in ("ppocr-v6-small", "ppocr-v6-tiny"):
+        model = onnx.load(str(store.variant(pack, "int8").files["det"]))
+        assert any(all(same) for same in _concat_input_scales(model, every=True)), pack
+
+
 def test_built_int8_detectors_have_no_resize_left(store):
     for pack in ("ppocr-v6-small", "ppocr-v6-tiny"):
         model = onnx.load(str(store.variant(pack, "int8").files["det"]))
@@ -158,6 +175,36 @@ def _quantized_upsampling(tmp_path, factor: int) -> onnx.ModelProto:
                               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
              helper.make_node("Conv", ["up", "w2"], ["out"])]
     return _quantized(tmp_path, "upsampling", nodes, [*weights, scales], (1, 8, 6, 10))
+
+
+def _quantized_concat(tmp_path) -> onnx.ModelProto:
+    """Two convolutions, the max-pooled one of the wider range, concatenated, then Conv; QDQ."""
+    rng = np.random.default_rng(2)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32) * gain, name)
+               for name, shape, gain in (("w1", (8, 8, 1, 1), 4.0), ("w2", (8, 8, 1, 1), 1.0),
+                                         ("w3", (8, 16, 1, 1), 1.0))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]),
+             helper.make_node("MaxPool", ["a"], ["pooled"], kernel_shape=[2, 2],
+                              pads=[0, 0, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"]),
+             helper.make_node("Concat", ["pooled", "b"], ["both"], axis=1),
+             helper.make_node("Conv", ["both", "w3"], ["out"])]
+    return _quantized(tmp_path, "concat", nodes, weights, (1, 8, 6, 6))
+
+
+def _concat_input_scales(model: onnx.ModelProto, every: bool = False) -> list:
+    """For the (first, or `every`) Concat: whether each input is read at the scale and zero
+    point its output is written at."""
+    graph = model.graph
+    values = {init.name: numpy_helper.to_array(init).tolist() for init in graph.initializer}
+    producers = {name: node for node in graph.node for name in node.output}
+    readers = {name: node for node in graph.node for name in node.input}
+    found = []
+    for concat in (node for node in graph.node if node.op_type == "Concat"):
+        written = [values[name] for name in readers[concat.output[0]].input[1:3]]
+        found.append([[values[name] for name in producers[tensor].input[1:3]] == written
+                      for tensor in concat.input])
+    return found if every else found[0]
 
 
 def _quantized(tmp_path, name: str, nodes: list, initializers: list,
