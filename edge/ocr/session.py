@@ -81,6 +81,21 @@ class ModelSession:
         return self._session.get_providers()
 
 
+def calibration_session(path: Path) -> ort.InferenceSession:
+    """A CPU session for quantization's calibration model: no graph optimization (every tensor
+    it reads must stay as named), run in priority-based order, which frees each tensor once its
+    readers have run instead of holding most of them to the end of the run."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[_CPU])
+    except Exception as exc:  # onnxruntime raises several unrelated pybind types here
+        raise ModelError(f"cannot load calibration model {path}: {exc}",
+                         "run 'edge-ocr models pull' to fetch the pack again") from exc
+
+
 def _load(source: str | bytes, settings: SessionSettings, path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
