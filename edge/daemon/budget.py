@@ -56,7 +56,7 @@ MEASUREMENTS = 3
 # more while the model still cannot plan the budget: on a busy box one measurement in four of
 # the tiny pack refused 160 MB that the others planned
 MEASUREMENTS_BEFORE_REFUSING = 6
-MEASURE_METHOD = 13  # raised whenever memprobe or the engine it measures changes (cache redone)
+MEASURE_METHOD = 14  # raised whenever memprobe or the engine it measures changes (cache redone)
 
 
 @dataclass(frozen=True)

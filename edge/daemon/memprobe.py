@@ -32,7 +32,7 @@ from edge.models.store import ModelStore
 def measure(ocr_json: str, model_dir: Path) -> Measurement:
     """Load the pack for these OCR settings and measure its peaks at several sizes."""
     config = OcrConfig.model_validate_json(ocr_json)
-    models = load_models(config, ModelStore(model_dir))
+    models = load_models(config, ModelStore(model_dir), tiled=True)
     page = render_page(1, lines=8).image
     assemble(models, config)(DecodedImage(page, page.shape[1], page.shape[0]))  # lazy init
     base = _settled_rss()

@@ -111,7 +111,8 @@ def build_engine(config: EdgeConfig, state: Optional[Path] = None) -> DaemonEngi
         return DaemonEngine(load_models(config.ocr, store), config.ocr, config.images)
     # measured before this process loads the models: both copies would count in a cgroup limit
     planner = build_planner(config, state)
-    engine = DaemonEngine(load_models(config.ocr, store), config.ocr, config.images, planner)
+    engine = DaemonEngine(load_models(config.ocr, store, tiled=True), config.ocr, config.images,
+                          planner)
     log.info("memory model %s; plan: %s; %s", planner.model, engine.plan.describe(),
              planner.in_words(engine.plan))
     return engine

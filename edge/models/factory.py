@@ -6,10 +6,11 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from edge.config import OcrConfig
+from edge.models.detgates import split_detector
 from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.models.store import ModelStore, Variant
 from edge.ocr.classifier import Classifier, ClassifierSettings
-from edge.ocr.detector import Detector, DetectorSettings, input_quantization
+from edge.ocr.detector import Detector, DetectorSettings, GlobalMeans, input_quantization
 from edge.ocr.pipeline import OcrPipeline
 from edge.ocr.recognizer import Recognizer, RecognizerSettings
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
@@ -27,6 +28,8 @@ class LoadedModels:
     cls: Optional[ModelSession]
     preprocess: dict
     postprocess: dict
+    det_given: Optional[ModelSession] = None  # the detector taking its means (tiled runs)
+    det_means: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ def build_pipeline(config: OcrConfig, store: ModelStore) -> LoadedEngine:
                         tuple(models.det.providers))
 
 
-def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
-    """Open a session for each model of the chosen variant (the slow, memory-heavy part)."""
+def load_models(config: OcrConfig, store: ModelStore, tiled: bool = False) -> LoadedModels:
+    """Open a session for each model of the chosen variant (the slow, memory-heavy part);
+    `tiled` (a RAM budget) also opens the detector split at its global means, so tiles run
+    with the whole input's (`edge.models.detgates`), for a pack whose manifest asks for it."""
     device = resolve_device(config.device)
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
@@ -57,9 +62,13 @@ def load_models(config: OcrConfig, store: ModelStore) -> LoadedModels:
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)
-    return LoadedModels(variant, device, ModelSession(variant.files["det"], settings),
-                        ModelSession(rec, settings), tuple(charset),
-                        cls, spec.preprocess, spec.postprocess)
+    det, det_given, det_means = ModelSession(variant.files["det"], settings), None, ()
+    if tiled and spec.postprocess.get("tiles_take_whole_means", False):
+        means, given, names = split_detector(variant.files["det"])
+        det, det_given, det_means = (ModelSession(means, settings),
+                                     ModelSession(given, settings), tuple(names))
+    return LoadedModels(variant, device, det, ModelSession(rec, settings), tuple(charset),
+                        cls, spec.preprocess, spec.postprocess, det_given, det_means)
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
     det_settings = detector_settings(config, models.preprocess, models.postprocess)
     detector = Detector(models.det, replace(
         det_settings, max_pixels=caps.det_max_pixels,
-        input_quantization=input_quantization(models.det.metadata)))
+        input_quantization=input_quantization(models.det.metadata)), _global_means(models))
     rec_settings = RecognizerSettings(height=models.preprocess["rec_height"],
                                       batch_size=config.rec_batch)
     if caps.rec_max_columns:  # a RAM budget's plan, made from measurements: it governs
@@ -92,6 +101,16 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
         classifier = Classifier(models.cls, ClassifierSettings(height=height, width=width),
                                 reader=recognizer)
     return OcrPipeline(detector, recognizer, classifier, min_score=config.min_score)
+
+
+def _global_means(models: LoadedModels) -> Optional[GlobalMeans]:
+    """The detector's two passes over tiles, where the split detector is loaded."""
+    if models.det_given is None:
+        return None
+    names = models.det_means
+    return GlobalMeans(
+        measure=lambda tensor: models.det.outputs(tensor)[1:],
+        given=lambda tensor, means: models.det_given.outputs(tensor, dict(zip(names, means)))[0])
 
 
 def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) -> DetectorSettings:

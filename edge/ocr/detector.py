@@ -5,6 +5,7 @@ image whose input would be larger is run through the model in overlapping tiles 
 scale, and the tiles' probability maps are stitched into one map before boxes are traced, so a
 line that crosses a tile border comes back once and whole. Each pixel of the map comes from
 the tile in which it lies farthest from a cut edge (at least `TILE_MARGIN` pixels from it).
+With `GlobalMeans`, every tile runs with the means the model takes over the whole input.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 Model = Callable[[np.ndarray], np.ndarray]
+Means = list[np.ndarray]
 Spans = list[tuple[int, int, tuple[int, int]]]  # tiles along one side: start, end, kept part
 # model metadata naming the (scale, zero point) of a model that takes its input quantized
 INPUT_QUANTIZATION = "edge-ocr.input_quantization"
@@ -59,11 +61,24 @@ class DetectorSettings:
     input_quantization: Optional[tuple[float, int]] = None
 
 
+@dataclass(frozen=True)
+class GlobalMeans:
+    """The detector model split at the means it takes over its whole input (see
+    `edge.models.detgates`): `measure` runs an input and returns those means, `given` runs an
+    input with the means given. Tiles then all see the means of the whole input."""
+
+    measure: Callable[[np.ndarray], Means]
+    given: Callable[[np.ndarray, Means], np.ndarray]
+
+
 class Detector:
     """Finds text lines; returns an (N, 4, 2) float32 array of clockwise quads from top-left."""
 
-    def __init__(self, model: Model, settings: DetectorSettings) -> None:
+    def __init__(self, model: Model, settings: DetectorSettings,
+                 means: Optional[GlobalMeans] = None) -> None:
+        """`means`, where given, runs tiles with the means of the whole input (two passes)."""
         self._model = model
+        self._means = means
         self._settings = settings
         self._offset = np.array(settings.mean, np.float32) * 255.0
         self._factor = 1.0 / (np.array(settings.std, np.float32) * 255.0)
@@ -131,19 +146,38 @@ class Detector:
             resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             return self._model(self._tensor(resized))[0, 0]
         prob = np.empty((height, width), np.uint8)  # a quarter of float32's size, 1/255 steps
-        scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
-        for (y0, y1, keep_y), (x0, x1, keep_x) in itertools.product(
-                *_grid(width, height, cap, self._settings.multiple)):
-            # the tile's pixels sampled where a resize of the whole image would sample them
-            to_source = np.float32([[scale_x, 0, (x0 + 0.5) * scale_x - 0.5],
-                                    [0, scale_y, (y0 + 0.5) * scale_y - 0.5]])
-            tile = cv2.warpAffine(image, to_source, (x1 - x0, y1 - y0),
-                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE)
-            part = self._model(self._tensor(tile))[0, 0]
+        tiles = list(itertools.product(*_grid(width, height, cap, self._settings.multiple)))
+        means = None if self._means is None else self._whole_means(image, width, height, tiles)
+        for (y0, y1, keep_y), (x0, x1, keep_x) in tiles:
+            tensor = self._tile(image, width, height, x0, x1, y0, y1)
+            part = (self._model(tensor) if means is None
+                    else self._means.given(tensor, means))[0, 0]
             kept = part[keep_y[0] - y0:keep_y[1] - y0, keep_x[0] - x0:keep_x[1] - x0]
             prob[keep_y[0]:keep_y[1], keep_x[0]:keep_x[1]] = np.rint(kept * 255.0)
         return prob
+
+    def _whole_means(self, image: np.ndarray, width: int, height: int, tiles: list) -> Means:
+        """The model's means over the whole input: each tile's, weighted by the part of the
+        input it is kept for."""
+        total: Means = []
+        for (y0, y1, keep_y), (x0, x1, keep_x) in tiles:
+            share = (keep_y[1] - keep_y[0]) * (keep_x[1] - keep_x[0]) / (width * height)
+            means = self._means.measure(self._tile(image, width, height, x0, x1, y0, y1))
+            total = [m * share for m in means] if not total else [
+                t + m * share for t, m in zip(total, means)]
+        return total
+
+    def _tile(self, image: np.ndarray, width: int, height: int, x0: int, x1: int, y0: int,
+              y1: int) -> np.ndarray:
+        """The model input for one tile, its pixels sampled where a resize of the whole image
+        to (width, height) would sample them."""
+        scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
+        to_source = np.float32([[scale_x, 0, (x0 + 0.5) * scale_x - 0.5],
+                                [0, scale_y, (y0 + 0.5) * scale_y - 0.5]])
+        tile = cv2.warpAffine(image, to_source, (x1 - x0, y1 - y0),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        return self._tensor(tile)
 
     def _tensor(self, resized: np.ndarray) -> np.ndarray:
         """NCHW float32, normalised, or NCHW uint8 for a model that takes its input quantized;

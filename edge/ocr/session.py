@@ -66,10 +66,12 @@ class ModelSession:
         """Run the model on one input tensor and return its first output."""
         return self.outputs(batch)[0]
 
-    def outputs(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run the model on one input tensor and return every output, in the model's order."""
+    def outputs(self, batch: np.ndarray, more: dict[str, np.ndarray] | None = None
+                ) -> list[np.ndarray]:
+        """Run the model on one input tensor (and the named inputs in `more`, for a model that
+        takes several) and return every output, in the model's order."""
         try:
-            return self._session.run(None, {self._input: batch})
+            return self._session.run(None, {self._input: batch, **(more or {})})
         except (ort.capi.onnxruntime_pybind11_state.Fail,
                 ort.capi.onnxruntime_pybind11_state.RuntimeException,
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
