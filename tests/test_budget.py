@@ -37,6 +37,7 @@ from edge.daemon.budgeted_engine import DaemonEngine, image_limits
 from edge.errors import ConfigError, ImageTooLargeError
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
+from edge.models.detgates import GIVEN, USE_GIVEN
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.ocr.detector import TILE_MARGIN, _spans, largest_tile, tile_count
 from edge.ocr.imageio import decode_bytes
@@ -293,15 +294,20 @@ def test_the_split_detector_draws_the_models_own_map(store):
     expected = plain.det(tensor)
     outputs = models.det.outputs(tensor)
     assert len(models.det_means) == len(outputs) - 1 >= 8  # the squeeze-excite gates
-    given = models.det_given.outputs(tensor, dict(zip(models.det_means, outputs[1:])))[0]
-    assert np.array_equal(outputs[0], expected) and np.array_equal(given, expected)
+    assert np.array_equal(outputs[0], expected)
+    given = [name + GIVEN for name in models.det_means]
+    fed = models.det.outputs(tensor, {USE_GIVEN: np.array(True), **dict(zip(given, outputs[1:]))})
+    assert np.array_equal(fed[0], expected)  # its own means given back: the same map
+    other = [mean * 0.5 for mean in outputs[1:]]
+    halved = models.det.outputs(tensor, {USE_GIVEN: np.array(True), **dict(zip(given, other))})
+    assert not np.array_equal(halved[0], expected)  # and the means given are the ones used
 
 
 def test_only_a_pack_whose_manifest_asks_runs_tiles_with_the_whole_inputs_means(store):
     for pack, split in (("ppocr-v6-small", True), ("ppocr-v6-tiny", False)):
         models = load_models(OcrConfig(pack=pack, precision="int8"), store, tiled=True)
-        assert (models.det_given is not None) == split, pack
-        assert load_models(OcrConfig(pack=pack, precision="int8"), store).det_given is None
+        assert bool(models.det_means) == split, pack
+        assert not load_models(OcrConfig(pack=pack, precision="int8"), store).det_means
 
 
 def test_tiles_run_with_the_whole_inputs_means_draw_the_whole_inputs_map(store):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import numpy as np
+
 from edge.config import OcrConfig
-from edge.models.detgates import split_detector
+from edge.models.detgates import GIVEN, USE_GIVEN, split_detector
 from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.models.store import ModelStore, Variant
 from edge.ocr.classifier import Classifier, ClassifierSettings
@@ -14,6 +16,9 @@ from edge.ocr.detector import Detector, DetectorSettings, GlobalMeans, input_qua
 from edge.ocr.pipeline import OcrPipeline
 from edge.ocr.recognizer import Recognizer, RecognizerSettings
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
+
+
+_TRUE = np.array(True)
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,7 @@ class LoadedModels:
     cls: Optional[ModelSession]
     preprocess: dict
     postprocess: dict
-    det_given: Optional[ModelSession] = None  # the detector taking its means (tiled runs)
-    det_means: tuple[str, ...] = ()
+    det_means: tuple[str, ...] = ()  # the detector's global means, where it returns them
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,9 @@ def build_pipeline(config: OcrConfig, store: ModelStore) -> LoadedEngine:
 
 def load_models(config: OcrConfig, store: ModelStore, tiled: bool = False) -> LoadedModels:
     """Open a session for each model of the chosen variant (the slow, memory-heavy part);
-    `tiled` (a RAM budget) also opens the detector split at its global means, so tiles run
-    with the whole input's (`edge.models.detgates`), for a pack whose manifest asks for it."""
+    `tiled` (a RAM budget) opens the detector that returns its global means and can take them,
+    so tiles run with the whole input's (`edge.models.detgates`), for a pack whose manifest
+    asks for it."""
     device = resolve_device(config.device)
     variant = store.choose(config.pack, config.precision, device)
     spec = store.spec(config.pack)
@@ -62,13 +67,11 @@ def load_models(config: OcrConfig, store: ModelStore, tiled: bool = False) -> Lo
     cls = None
     if config.classifier and "cls" in variant.files:
         cls = ModelSession(variant.files["cls"], settings)
-    det, det_given, det_means = ModelSession(variant.files["det"], settings), None, ()
+    det, det_means = variant.files["det"], ()
     if tiled and spec.postprocess.get("tiles_take_whole_means", False):
-        means, given, names = split_detector(variant.files["det"])
-        det, det_given, det_means = (ModelSession(means, settings),
-                                     ModelSession(given, settings), tuple(names))
-    return LoadedModels(variant, device, det, ModelSession(rec, settings), tuple(charset),
-                        cls, spec.preprocess, spec.postprocess, det_given, det_means)
+        det, det_means = split_detector(det)
+    return LoadedModels(variant, device, ModelSession(det, settings), ModelSession(rec, settings),
+                        tuple(charset), cls, spec.preprocess, spec.postprocess, tuple(det_means))
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,15 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
 
 
 def _global_means(models: LoadedModels) -> Optional[GlobalMeans]:
-    """The detector's two passes over tiles, where the split detector is loaded."""
-    if models.det_given is None:
+    """The detector's two passes over tiles, where it returns and takes its means."""
+    if not models.det_means:
         return None
-    names = models.det_means
-    return GlobalMeans(
-        measure=lambda tensor: models.det.outputs(tensor)[1:],
-        given=lambda tensor, means: models.det_given.outputs(tensor, dict(zip(names, means)))[0])
+    names = [name + GIVEN for name in models.det_means]
+
+    def given(tensor: np.ndarray, means: list[np.ndarray]) -> np.ndarray:
+        return models.det.outputs(tensor, {USE_GIVEN: _TRUE, **dict(zip(names, means))})[0]
+
+    return GlobalMeans(measure=lambda tensor: models.det.outputs(tensor)[1:], given=given)
 
 
 def detector_settings(config: OcrConfig, preprocess: dict, postprocess: dict) -> DetectorSettings:
