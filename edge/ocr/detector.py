@@ -63,7 +63,7 @@ class DetectorSettings:
 
 @dataclass(frozen=True)
 class GlobalMeans:
-    """The detector model split at the means it takes over its whole input (see
+    """The detector model run around the means it takes over its whole input (see
     `edge.models.detgates`): `measure` runs an input and returns those means, `given` runs an
     input with the means given. Tiles then all see the means of the whole input."""
 
