@@ -165,7 +165,7 @@ class Detector:
             means = self._means.measure(self._tile(image, width, height, x0, x1, y0, y1))
             total = [m * share for m in means] if not total else [
                 t + m * share for t, m in zip(total, means)]
-        return total
+        return [mean.astype(np.float32, copy=False) for mean in total]  # what the model takes
 
     def _tile(self, image: np.ndarray, width: int, height: int, x0: int, x1: int, y0: int,
               y1: int) -> np.ndarray:
