@@ -11,8 +11,8 @@ input the tile is kept for; the second runs each tile with the whole input's. Fe
 image, the model is the original.
 
 One session serves both passes: a second one, for the model that takes the means, added 9 MB to
-the small pack's resting memory and shrank its 256 MB plan (tiles 0.38 MP and lines of 488 px
-instead of 0.54 MP and 624 px).
+the small pack's resting memory in the memory probe (153.3 against 144.2 MB), and the 256 MB
+plan made from that probe gave tiles of 0.38 MP and lines of 488 px.
 
 Measured (small pack, int8, detector tiles of 0.52 MP, words F1): 100 receipts 0.9096 against
 0.9032 with each tile's own means and 0.9101 without tiles. Every tiled image costs a second

@@ -149,6 +149,7 @@ class Detector:
         tiles = list(itertools.product(*_grid(width, height, cap, self._settings.multiple)))
         means = None if self._means is None else self._whole_means(image, width, height, tiles)
         for (y0, y1, keep_y), (x0, x1, keep_x) in tiles:
+            # made again rather than kept from the first pass: all of them would hold the input
             tensor = self._tile(image, width, height, x0, x1, y0, y1)
             part = (self._model(tensor) if means is None
                     else self._means.given(tensor, means))[0, 0]
