@@ -139,6 +139,32 @@ def test_a_concatenated_input_is_quantized_at_the_concatenations_scale(tmp_path)
     assert float(np.abs(_run(model, tensor) - expected).max()) <= 3 * step
 
 
+def test_a_gate_is_multiplied_channels_last_along_rows(tmp_path):
+    model = _quantized_gate(tmp_path)
+    tensor = np.random.default_rng(6).normal(size=(1, 8, 6, 10)).astype(np.float32)
+    expected = _run(model, tensor)
+    assert rewrite.gates_multiplied_along_rows(model) == 1
+    rewrite.rewrite_quantized(model)
+    onnx.checker.check_model(model)
+    assert np.array_equal(_run(model, tensor), expected)
+    optimized = _optimized(model, tmp_path)
+    multiply = next(node for node in optimized.graph.node if node.op_type == "QLinearMul")
+    neighbours = [node.op_type for node in optimized.graph.node
+                  if multiply.input[0] in node.output or multiply.output[0] in node.input]
+    assert neighbours and "Transpose" not in neighbours  # ONNX Runtime's layout took them up
+    assert any(node.op_type == "Expand" and node.output[0] in multiply.input
+               for node in optimized.graph.node)  # the gate is read as a row
+
+
+def test_built_int8_detectors_multiply_gates_along_rows(store):
+    for pack in ("ppocr-v6-small", "ppocr-v6-tiny"):
+        model = onnx.load(str(store.variant(pack, "int8").files["det"]))
+        rows = [node for node in model.graph.node if node.op_type == "Expand"
+                and node.name.endswith(".rows_gate_row_Expand")]
+        assert len(rows) >= 8, pack
+        assert rewrite.gates_multiplied_along_rows(model) == 0, pack
+
+
 def test_built_int8_detectors_concatenate_without_requantizing(store):
     for pack in ("ppocr-v6-small", "ppocr-v6-tiny"):
         model = onnx.load(str(store.variant(pack, "int8").files["det"]))
@@ -177,6 +203,31 @@ def _quantized_upsampling(tmp_path, factor: int) -> onnx.ModelProto:
     return _quantized(tmp_path, "upsampling", nodes, [*weights, scales], (1, 8, 6, 10))
 
 
+def _quantized_gate(tmp_path) -> onnx.ModelProto:
+    """Conv, a squeeze-excite gate on it (pool, Conv, HardSigmoid), the product, then Conv;
+    QDQ."""
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 8, 1, 1)), ("w2", (8, 8, 1, 1)),
+                                   ("w3", (8, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"]),
+             helper.make_node("GlobalAveragePool", ["y"], ["mean"]),
+             helper.make_node("Conv", ["mean", "w2"], ["logit"]),
+             helper.make_node("HardSigmoid", ["logit"], ["gate"]),
+             helper.make_node("Mul", ["y", "gate"], ["gated"], name="gate_mul"),
+             helper.make_node("Conv", ["gated", "w3"], ["out"])]
+    return _quantized(tmp_path, "gate", nodes, weights, (1, 8, 6, 10), as_the_detector=True)
+
+
+def _optimized(model: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs for `model` on this CPU, all optimizations on."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath)
+
+
 def _quantized_concat(tmp_path) -> onnx.ModelProto:
     """Two convolutions, the max-pooled one of the wider range, concatenated, then Conv; QDQ."""
     rng = np.random.default_rng(2)
@@ -193,14 +244,15 @@ def _quantized_concat(tmp_path) -> onnx.ModelProto:
 
 
 def _concat_input_scales(model: onnx.ModelProto, every: bool = False) -> list:
-    """For the (first, or `every`) Concat: whether each input is read at the scale and zero
+    """For the (first, or `every`) quantized Concat: whether each input is read at the scale and zero
     point its output is written at."""
     graph = model.graph
     values = {init.name: numpy_helper.to_array(init).tolist() for init in graph.initializer}
     producers = {name: node for node in graph.node for name in node.output}
     readers = {name: node for node in graph.node for name in node.input}
     found = []
-    for concat in (node for node in graph.node if node.op_type == "Concat"):
+    for concat in (node for node in graph.node if node.op_type == "Concat"
+                   and readers[node.output[0]].op_type == "QuantizeLinear"):
         written = [values[name] for name in readers[concat.output[0]].input[1:3]]
         found.append([[values[name] for name in producers[tensor].input[1:3]] == written
                       for tensor in concat.input])
@@ -208,9 +260,12 @@ def _concat_input_scales(model: onnx.ModelProto, every: bool = False) -> list:
 
 
 def _quantized(tmp_path, name: str, nodes: list, initializers: list,
-               shape: tuple[int, ...]) -> onnx.ModelProto:
-    """The float graph of `nodes` from x to out, quantized statically to QDQ on random input."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+               shape: tuple[int, ...], as_the_detector: bool = False) -> onnx.ModelProto:
+    """The float graph of `nodes` from x to out, quantized statically to QDQ on random input
+    (`as_the_detector`: 8-bit unsigned activations and weights per channel, as the int8
+    detector is built)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
@@ -229,7 +284,10 @@ def _quantized(tmp_path, name: str, nodes: list, initializers: list,
             return next(self._items, None)
 
     quantized = tmp_path / f"{name}.int8.onnx"
-    quantize_static(str(float_model), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
+    options = dict(per_channel=True, activation_type=QuantType.QUInt8,
+                   weight_type=QuantType.QInt8) if as_the_detector else {}
+    quantize_static(str(float_model), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                    **options)
     return onnx.load(str(quantized))
 
 

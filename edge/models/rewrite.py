@@ -35,6 +35,12 @@ Each rewrite replaces a pattern ONNX Runtime runs slowly once quantized by one i
   0.43 ms; of the lines fp32 reads on 40 street scenes and 100 receipts, the int8 pipeline read
   as many identically (small 94.90 and 93.63 % against 94.90 and 93.57 %, tiny 85.99 and
   84.82 % against 84.71 and 84.82 %).
+- `gates_multiplied_along_rows` (on the quantized model): x * g, with g one value per channel
+  (a squeeze-excite gate), is multiplied channels-last against g repeated along a row. ONNX
+  Runtime multiplies channels-last either way; broadcast against one value per channel it
+  multiplies C values at a time (1.20 ms at 176x320x24), against a row W x C at a time
+  (0.25 ms). Exact: the probability map is bit-identical, and a 1280x704 frame ran 1.04x
+  faster (small and tiny).
 
 They run on the model after ONNX Runtime's pre-processing (biases already folded into Conv).
 Measured on the small detector at 1280x736: 18-26% less time per frame (two runs), and working
@@ -79,6 +85,8 @@ def rewrite_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     nearest_upsamples_as_copies(model)
     _drop_unused_nodes(model.graph)  # the copies' sources are read by nothing else from here
     concat_inputs_at_output_scale(model)
+    gates_multiplied_along_rows(model)
+    _drop_unused_nodes(model.graph)  # the dequantizations the gates' multiplies read before
     _drop_unused_initializers(model.graph)
     return model
 
@@ -275,6 +283,97 @@ def _quantized_only_to_concat(graph, tensor: str, consumers: dict, weights: dict
 def _readers(consumers: dict, tensor: str) -> int:
     """How many nodes read the values of `tensor` (a Shape reads only its shape)."""
     return sum(node.op_type != "Shape" for node in consumers.get(tensor, []))
+
+
+def gates_multiplied_along_rows(model: onnx.ModelProto) -> int:
+    """In a QDQ model, DQ(x) * DQ(g) -> Q, with g of shape (N, C, 1, 1), becomes the same
+    multiply channels-last: x as (N, H, W, C) times g repeated along a row, (N, 1, W, C), and
+    the 8-bit result channels-first again. ONNX Runtime cancels the transposes of x and of the
+    result against its own channels-last layout; only the gate's row is made anew. Exact."""
+    graph = model.graph
+    weights = _initializers(graph)
+    gates = _per_channel_tensors(model)
+    consumers = _consumers(graph)
+    count = 0
+    for mul in list(graph.node):
+        match = mul.op_type == "Mul" and _match_quantized_gate(graph, mul, gates, consumers,
+                                                               weights)
+        if not match:
+            continue
+        features, gate, quantize = match
+        nodes, (features_last, gate_row) = _rows_of_gate(graph, mul.name, features, gate)
+        at = list(graph.node).index(mul)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(at + offset, node)
+        mul.input[:] = [features_last if name == features.output[0] else gate_row
+                        for name in mul.input]
+        result = quantize.output[0]
+        quantize.output[0] = f"{mul.name}.rows_result"
+        graph.node.insert(list(graph.node).index(quantize) + 1, helper.make_node(
+            "Transpose", [quantize.output[0]], [result], perm=[0, 3, 1, 2],
+            name=f"{mul.name}.rows_Transpose_back"))
+        count += 1
+    if count:
+        del graph.value_info[:]  # the multiplies' tensors are channels-last now
+    return count
+
+
+def _per_channel_tensors(model: onnx.ModelProto) -> set:
+    """Names of the 4-D tensors whose two spatial axes are 1, by ONNX shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    found = set()
+    for info in inferred.graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(dim.HasField("dim_value") and dim.dim_value == 1
+                                  for dim in dims[2:]):
+            found.add(info.name)
+    return found
+
+
+def _match_quantized_gate(graph, mul, gates: set, consumers: dict, weights: dict):
+    """(DQ of x, DQ of g, the Q after) for DQ(x) * DQ(g) -> Q with g per channel and x not,
+    each quantized per tensor; None otherwise."""
+    if len(mul.input) != 2:
+        return None
+    dequantized = [_producer(graph, name) for name in mul.input]
+    if any(node is None or node.op_type != "DequantizeLinear"
+           or not _per_tensor(node, weights) for node in dequantized):
+        return None
+    per_channel = [name in gates for name in mul.input]
+    quantize = _only_consumer(consumers, mul.output[0], "QuantizeLinear")
+    if per_channel.count(True) != 1 or quantize is None:
+        return None
+    gate = dequantized[per_channel.index(True)]
+    features = dequantized[per_channel.index(False)]
+    return features, gate, quantize
+
+
+def _per_tensor(dequantize, weights: dict) -> bool:
+    """The DequantizeLinear's scale is one constant value (so its input may be transposed)."""
+    scale = weights.get(dequantize.input[1]) if len(dequantize.input) > 1 else None
+    return scale is not None and numpy_helper.to_array(scale).size == 1
+
+
+def _rows_of_gate(graph, name: str, features, gate) -> tuple[list, tuple[str, str]]:
+    """The nodes that dequantize x channels-last and g repeated along a row of x, and the names
+    of those two float tensors."""
+    def node(op_type: str, inputs: list[str], suffix: str, **attributes):
+        return helper.make_node(op_type, inputs, [f"{name}.rows_{suffix}"],
+                                name=f"{name}.rows_{suffix}_{op_type}", **attributes)
+
+    ones = f"{name}.rows_ones"
+    graph.initializer.append(numpy_helper.from_array(np.array([1, 1], np.int64), ones))
+    one = f"{name}.rows_one"
+    graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), one))
+    x_last = node("Transpose", [features.input[0]], "x", perm=[0, 2, 3, 1])
+    x_float = node("DequantizeLinear", [x_last.output[0], *features.input[1:]], "x_float")
+    g_last = node("Transpose", [gate.input[0]], "gate", perm=[0, 2, 3, 1])
+    width = node("Shape", [x_last.output[0]], "width", start=2, end=3)
+    size = node("Concat", [ones, width.output[0], one], "size", axis=0)
+    row = node("Expand", [g_last.output[0], size.output[0]], "gate_row")
+    row_float = node("DequantizeLinear", [row.output[0], *gate.input[1:]], "gate_float")
+    nodes = [x_last, x_float, g_last, width, size, row, row_float]
+    return nodes, (x_float.output[0], row_float.output[0])
 
 
 def pixel_shuffle_transposed_convs(model: onnx.ModelProto) -> int:
