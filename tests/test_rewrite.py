@@ -244,8 +244,8 @@ def _quantized_concat(tmp_path) -> onnx.ModelProto:
 
 
 def _concat_input_scales(model: onnx.ModelProto, every: bool = False) -> list:
-    """For the (first, or `every`) quantized Concat: whether each input is read at the scale and zero
-    point its output is written at."""
+    """For the (first, or `every`) quantized Concat: whether each input is read at the scale
+    and zero point its output is written at."""
     graph = model.graph
     values = {init.name: numpy_helper.to_array(init).tolist() for init in graph.initializer}
     producers = {name: node for node in graph.node for name in node.output}
