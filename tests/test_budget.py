@@ -34,10 +34,10 @@ from edge.daemon.budget import (
     step_down,
 )
 from edge.daemon.budgeted_engine import DaemonEngine, image_limits
-from edge.errors import ConfigError, ImageTooLargeError
+from edge.errors import ConfigError, ImageTooLargeError, ModelError
 from edge.frames import DecodedImage
 from edge.models.calibration import render_page
-from edge.models.detgates import GIVEN, USE_GIVEN
+from edge.models.detgates import GIVEN, USE_GIVEN, split_detector
 from edge.models.factory import MemoryCaps, assemble, load_models
 from edge.ocr.detector import TILE_MARGIN, _spans, largest_tile, tile_count
 from edge.ocr.imageio import decode_bytes
@@ -285,6 +285,15 @@ def test_tiles_are_the_fewest_of_one_size_that_cover_the_input_with_their_margin
     for start, end, (first, last) in spans:  # each kept part has context on its cut sides
         assert (start == 0 or first - start >= TILE_MARGIN) and (
             end == length or end - last >= TILE_MARGIN)
+
+
+def test_a_detector_file_that_cannot_be_split_is_a_clear_error(tmp_path):
+    det = tmp_path / "det.onnx"
+    det.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="tiled detection") as raised:
+        split_detector(det)
+    assert "writable" in raised.value.fix
+    assert not list(tmp_path.glob("det.means*"))  # nothing half-written left beside it
 
 
 def test_the_split_detector_draws_the_models_own_map(store):

@@ -18,17 +18,16 @@ Measured (small pack, int8, detector tiles of 0.52 MP, words F1): 100 receipts 0
 0.9032 with each tile's own means and 0.9101 without tiles. Every tiled image costs a second
 detector run per tile.
 
-Like the served recogniser, the model is written beside the original in a child process, so
-the `onnx` package never enters the process that serves.
+Like the served recogniser, the model is written beside the original in a child process
+(`edge.models.derived`).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-from edge.errors import ModelError
+from edge.models.derived import derive_in_child
 
 FORMAT = 2  # raised whenever the derived model changes: files of another format are not read
 MEANS_SUFFIX, NAMES_SUFFIX = f".means{FORMAT}.onnx", f".means{FORMAT}.txt"
@@ -40,13 +39,7 @@ def split_detector(det: Path) -> tuple[Path, list[str]]:
     """(the model returning its means and taking them as optional inputs, the means' names),
     derived beside `det` on first use and whenever `det` is newer."""
     model, names = _derived_paths(det)
-    if not all(_newer_than(path, det) for path in (model, names)):
-        done = subprocess.run([sys.executable, "-m", "edge.models.detgates", str(det)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ModelError(f"cannot prepare {det} for tiled detection: "
-                             f"{done.stderr.strip()[-300:]}",
-                             "check that the model directory is writable")
+    derive_in_child(det, (model, names), "edge.models.detgates", [str(det)], "tiled detection")
     return model, names.read_text(encoding="utf-8").split()
 
 
@@ -100,13 +93,6 @@ def _optional_input(graph, default, elem_type: int) -> None:
 def _derived_paths(det: Path) -> tuple[Path, Path]:
     stem = det.with_suffix("")
     return stem.with_name(stem.name + MEANS_SUFFIX), stem.with_name(stem.name + NAMES_SUFFIX)
-
-
-def _newer_than(derived: Path, source: Path) -> bool:
-    try:
-        return derived.stat().st_mtime_ns >= source.stat().st_mtime_ns
-    except FileNotFoundError:
-        return False
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.errors import ModelError
+from edge.models.derived import derive_in_child
 from edge.ocr.charset import CHARSETS
 
 # outputs of the derived model, each one value per time step of the batch (batch x steps)
@@ -71,22 +71,11 @@ def serving_recognizer(rec: Path, dictionary: Path, charset: str, quantized_head
     outputs, its class layer quantized if `quantized_head`; made beside `rec` on first use and
     whenever `rec` is newer (the model directory must be writable then)."""
     model, chars = derived_paths(rec, charset, quantized_head)
-    if not _newer_than(chars, rec) or not _newer_than(model, rec):
-        command = [sys.executable, "-m", "edge.models.rechead", str(rec), str(dictionary),
-                   charset, *([_QUANTIZED_FLAG] if quantized_head else [])]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ModelError(f"cannot prepare {rec} for reading ({charset} charset): "
-                             f"{done.stderr.strip()[-300:]}",
-                             "check that the model directory is writable")
+    derive_in_child(rec, (chars, model), "edge.models.rechead",
+                    [str(rec), str(dictionary), charset,
+                     *([_QUANTIZED_FLAG] if quantized_head else [])],
+                    f"reading ({charset} charset)")
     return model, chars.read_text(encoding="utf-8").split("\n")
-
-
-def _newer_than(derived: Path, source: Path) -> bool:
-    try:
-        return derived.stat().st_mtime_ns >= source.stat().st_mtime_ns
-    except FileNotFoundError:
-        return False
 
 
 def derived_paths(rec: Path, charset: str, quantized_head: bool = False) -> tuple[Path, Path]:
