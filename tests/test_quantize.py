@@ -22,13 +22,16 @@ from edge.config import ImagesConfig, OcrConfig
 from edge.daemon.budgeted_engine import image_limits
 from edge.models.calibration import render_page, rendered_images
 from edge.models.factory import assemble, build_pipeline, load_models
+from edge.errors import ModelError
 from edge.models.quantize import (
     RECIPES,
+    Clipping,
     build_fp16,
     _quantize_static,
     build_int8,
     folder_set,
     is_current,
+    percentile_ranges,
     prepare_for_int8,
     rendered_set,
     take_quantized_input,
@@ -174,6 +177,48 @@ def test_calibration_gives_the_model_onnx_runtimes_own_calibration_gives(store, 
     assert _initializers(ours).keys() == _initializers(theirs).keys()
     assert all(np.array_equal(_initializers(ours)[name], value)
                for name, value in _initializers(theirs).items())
+
+
+def test_the_small_int8_detector_clips_what_its_manifest_names_and_agrees_on_995(store):
+    info = store.variant("ppocr-v6-small", "int8").info
+    assert info["clipped"] == store.spec("ppocr-v6-small").quantization["clipped"]
+    assert info["agreement"]["det_pixels"] >= 0.995  # 0.9946 with every range MinMax
+
+
+def test_a_clipped_activation_spans_its_percentiles_not_its_extremes(store, tmp_path):
+    source = store.variant("ppocr-v6-tiny", "fp32").files["det"]
+    preprocess = Detector(lambda x: x, DetectorSettings(mean=(0.5,) * 3, std=(0.5,) * 3))
+    inputs = [preprocess.preprocess(image.pixels)[0] for image in rendered_images(2, seed=50)]
+    _quantize_static(source, tmp_path / "plain.onnx", inputs)
+    plain = _activation_scales(onnx.load(str(tmp_path / "plain.onnx")))
+    prepared = onnx.load(str(prepare_for_int8(source, tmp_path)))
+    first_conv = next(node.output[0] for node in prepared.graph.node
+                      if node.op_type == "Conv" and node.output[0] in plain)
+    clipping = Clipping((first_conv,), (1.0, 99.0))
+    _quantize_static(source, tmp_path / "clipped.onnx", inputs, clipping)
+    clipped = _activation_scales(onnx.load(str(tmp_path / "clipped.onnx")))
+    low, high = _percentiles(source, tmp_path, inputs, clipping)[first_conv]
+    assert clipped[first_conv] < plain[first_conv]
+    assert clipped[first_conv] == pytest.approx((high - low) / 255, rel=1e-4)
+    assert {name: scale for name, scale in clipped.items() if name != first_conv} == \
+        {name: scale for name, scale in plain.items() if name != first_conv}
+
+
+def test_a_manifest_clipping_a_tensor_the_model_lacks_is_a_clear_error(store, tmp_path):
+    source = store.variant("ppocr-v6-tiny", "fp32").files["det"]
+    with pytest.raises(ModelError, match="no.such.tensor"):
+        _percentiles(source, tmp_path, [], Clipping(("no.such.tensor",)))
+
+
+def _percentiles(source: Path, folder: Path, inputs: list, clipping: Clipping) -> dict:
+    return percentile_ranges(prepare_for_int8(source, folder), inputs, clipping)
+
+
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """Each quantized activation's scale, by the name of the tensor quantized."""
+    values = _initializers(model)
+    return {node.input[0]: float(values[node.input[1]]) for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in values}
 
 
 def test_building_the_int8_detector_fits_a_board_with_1_gb(tiny_copy, tmp_path):

@@ -1,14 +1,16 @@
 """Build the int8 (CPU) and fp16 (GPU) variants of a pulled pack, and measure them against fp32.
 
 int8: the detector gets static QDQ quantization (converted to opset 17 and rewritten by
-`edge.models.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration),
-is rewritten again once quantized, and then takes its input already quantized (see
-`take_quantized_input`). The recogniser and classifier stay fp32, and the int8 variant reuses
-their files; on x86 only the recogniser's class layer runs in int8, quantized when the served
-recogniser is derived from the file (`edge.models.rechead`). The whole recogniser quantized
-dynamically measured slower and less accurate, statically 1.5x faster but 3 points of words F1
-lower (even with its stem, squeeze-excite branches and attention neck left in fp32); the
-classifier quantized statically measured twice as slow.
+`edge.models.rewrite` first, per-channel int8 weights, uint8 activations, MinMax calibration;
+the activations a pack's manifest names under `quantization.clipped` span the percentiles
+`quantization.clip_percentile` of their values instead), is rewritten again once quantized,
+and then takes its input already quantized (see `take_quantized_input`). The recogniser and
+classifier stay fp32, and the int8 variant reuses their files; on x86 only the recogniser's
+class layer runs in int8, quantized when the served recogniser is derived from the file
+(`edge.models.rechead`). The whole recogniser quantized dynamically measured slower and less
+accurate, statically 1.5x faster but 3 points of words F1 lower (even with its stem,
+squeeze-excite branches and attention neck left in fp32); the classifier quantized statically
+measured twice as slow.
 
 fp16: every model converted to float16 with float32 inputs and outputs kept, for CUDA.
 
@@ -27,9 +29,10 @@ from typing import Iterable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper, version_converter
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from edge.config import OcrConfig
+from edge.errors import ModelError
 from edge.frames import DecodedImage
 from edge.models.calibration import folder_images, rendered_images
 from edge.models.factory import build_pipeline, detector_settings
@@ -48,10 +51,25 @@ CHECK_IMAGES = 8
 CHECK_SEED = 1000
 QUANTIZED_OPS = None  # every op type ORT can run quantized
 # How each variant is built; a variant built by an older recipe is rebuilt by --if-missing.
-RECIPES = {"int8": 8, "fp16": 1}
+RECIPES = {"int8": 9, "fp16": 1}
 # The detector input normalisation an int8 variant was calibrated for is recorded under this key;
 # once the manifest's differs, the variant is rebuilt by --if-missing like an older recipe.
 DET_INPUT = "det_input"
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """Activations quantized over the range between two percentiles of their calibration values
+    (rare outliers otherwise stretch the range, and every value is rounded more coarsely)."""
+
+    tensors: tuple[str, ...] = ()
+    percentiles: tuple[float, float] = (0.0, 100.0)
+
+    @classmethod
+    def of(cls, quantization: dict) -> "Clipping":
+        """From a pack manifest's `quantization` section (nothing clipped without one)."""
+        low, high = quantization.get("clip_percentile", (0.0, 100.0))
+        return cls(tuple(quantization.get("clipped", ())), (float(low), float(high)))
 
 
 @dataclass(frozen=True)
@@ -92,10 +110,12 @@ def build_int8(store: ModelStore, pack: str, calibration: CalibrationSet) -> Var
     inputs = [detector.preprocess(image.pixels)[0] for image in calibration.calibrate]
     pack_dir = store.pack_dir(pack)
     det_out = pack_dir / "int8" / "det.onnx"
-    _quantize_static(fp32.files["det"], det_out, inputs)
+    clipping = Clipping.of(spec.quantization)
+    _quantize_static(fp32.files["det"], det_out, inputs, clipping)
     files = dict(fp32.files, det=det_out)
     quantized = ["det", "rec class layer"] if quantized_head_here("int8") else ["det"]
     write_variant(pack_dir, "int8", files, {"calibration": calibration.description,
+                                            "clipped": list(clipping.tensors),
                                             "quantized": quantized,
                                             "recipe": RECIPES["int8"],
                                             DET_INPUT: det_input(spec.preprocess),
@@ -153,17 +173,22 @@ def prepare_for_int8(source: Path, folder: Path) -> Path:
     return _save(rewrite_for_int8(onnx.load(str(prepared))), prepared)
 
 
-def _quantize_static(source: Path, dest: Path, inputs: list[np.ndarray]) -> None:
+def _quantize_static(source: Path, dest: Path, inputs: list[np.ndarray],
+                     clipping: Clipping = Clipping()) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="edge-ocr-quant-") as tmp:
         prepared = prepare_for_int8(source, Path(tmp))
         ranges = _activation_ranges(prepared, inputs, Path(tmp))
+        clipped = percentile_ranges(prepared, inputs, clipping)
+        overrides = {name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+                     for name, (low, high) in clipped.items()}
         staged = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(staged), None, quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=QUANTIZED_OPS, calibration_cache_path=str(ranges))
+                        op_types_to_quantize=QUANTIZED_OPS, calibration_cache_path=str(ranges),
+                        extra_options={"TensorQuantOverrides": overrides})
         _save(take_quantized_input(rewrite_quantized(onnx.load(str(staged)))), dest)
 
 
@@ -197,6 +222,37 @@ def _activation_ranges(model: Path, inputs: list[np.ndarray], folder: Path) -> P
     ranges = folder / "ranges.json"
     save_tensors_data(calibrator.compute_data(), ranges)
     return ranges
+
+
+def percentile_ranges(model: Path, inputs: list[np.ndarray], clipping: Clipping,
+                      kept: int = 250_000) -> dict[str, tuple[float, float]]:
+    """Each of `clipping.tensors`' (low, high) percentiles over `inputs` (widened to hold 0, as
+    uint8 quantization must), from at most `kept` evenly spaced values per tensor and input.
+    A name the model does not have is a ModelError: the manifest was written for another file."""
+    if not clipping.tensors:
+        return {}
+    graph = onnx.load(str(model))
+    made = {name for node in graph.graph.node for name in node.output}
+    missing = [name for name in clipping.tensors if name not in made]
+    if missing:
+        raise ModelError(f"the manifest clips tensors the detector does not have: {missing}",
+                         "reinstall edge-ocr: its manifest does not match the pulled model")
+    graph.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                              for name in clipping.tensors)
+    with tempfile.TemporaryDirectory(prefix="edge-ocr-clip-") as tmp:
+        session = calibration_session(_save(graph, Path(tmp) / "clip.onnx"))
+        del graph
+        input_name = session.get_inputs()[0].name
+        values: dict[str, list[np.ndarray]] = {name: [] for name in clipping.tensors}
+        for tensor in inputs:
+            outputs = session.run(list(clipping.tensors), {input_name: tensor})
+            for name, output in zip(clipping.tensors, outputs):
+                flat = output.ravel()
+                values[name].append(flat[::max(1, flat.size // kept)].copy())
+    low, high = clipping.percentiles
+    return {name: (min(float(np.percentile(np.concatenate(parts), low)), 0.0),
+                   max(float(np.percentile(np.concatenate(parts), high)), 0.0))
+            for name, parts in values.items()}
 
 
 def take_quantized_input(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -47,6 +47,7 @@ class PackSpec:
     dictionary: dict
     preprocess: dict
     postprocess: dict
+    quantization: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
