@@ -331,8 +331,9 @@ def test_tiles_run_with_the_whole_inputs_means_draw_the_whole_inputs_map(store):
     expected = whole.probability(page) > whole.threshold
     moved_own, moved_given = (np.count_nonzero((d.probability(page) > d.threshold) != expected)
                               for d in (own, given))
-    # with their own means, strips of blank paper lit up as text: 88231 pixels against 1948
-    assert moved_given * 10 < moved_own
+    # with their own means, strips of blank paper lit up as text: 4022 pixels against 1442
+    # (88231 against 1948 before the manifest clipped five of the detector's activations)
+    assert moved_given * 2 < moved_own
 
 
 def test_a_frame_in_three_strips_runs_smaller_strips_than_its_cap():
