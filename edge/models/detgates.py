@@ -4,7 +4,7 @@ The DB detector averages some of its features over its whole input (squeeze-exci
 its backbone and neck: a mean per channel, scaling that channel everywhere). Run tile by tile
 under a RAM budget, each tile took its own means, so a strip of a receipt saw its text a little
 differently from the whole (joined neighbouring words, split others), and a strip of blank
-paper lit up as text. The derived model, `det.means3.onnx`, returns every such mean beside the
+paper lit up as text. The derived model, `det.means4.onnx`, returns every such mean beside the
 probability map, and takes optional inputs (`<mean>.given`, and the flag `USE_GIVEN`) that
 replace them. A first pass over the tiles collects the means, each weighted by the part of the
 input the tile is kept for; the second runs each tile with the whole input's. Fed only the
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from edge.models.derived import derive_in_child
 
-FORMAT = 3  # raised whenever the derived model changes: files of another format are not read
+FORMAT = 4  # raised whenever the derived model changes: files of another format are not read
 MEANS_SUFFIX, NAMES_SUFFIX = f".means{FORMAT}.onnx", f".means{FORMAT}.txt"
 USE_GIVEN = "edge-ocr.use_given_means"  # bool input: take the `<mean>.given` inputs
 GIVEN = ".given"
@@ -60,27 +60,71 @@ def global_means(model) -> list:
 def _write(det: Path) -> None:
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     model_path, names_path = _derived_paths(det)
     model = onnx.load(str(det))
     graph = model.graph
     _optional_input(graph, numpy_helper.from_array(np.array(False), USE_GIVEN), TensorProto.BOOL,
                     [])
+    readers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     names = []
     for node in global_means(model):
-        name = node.output[0]
-        node.output[0] = f"{name}.computed"
-        zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
-        _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
-        graph.node.insert(list(graph.node).index(node) + 1, helper.make_node(
-            "Where", [USE_GIVEN, name + GIVEN, node.output[0]], [name], name=f"{name}.choice"))
-        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-        names.append(name)
+        names.append(node.output[0])
+        quantize = readers.get(node.output[0], [])
+        if len(quantize) == 1 and quantize[0].op_type == "QuantizeLinear":
+            _replaceable_quantized_mean(graph, node, quantize[0])
+        else:
+            _replaceable_mean(graph, node)
     staged = model_path.with_name(f".{model_path.name}.tmp")
     onnx.save(model, str(staged))
     staged.replace(model_path)
     names_path.write_text("\n".join(names), encoding="utf-8")
+
+
+def _replaceable_mean(graph, mean) -> None:
+    """The mean becomes a graph output, and `USE_GIVEN` picks `<mean>.given` in its place."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    name = mean.output[0]
+    mean.output[0] = f"{name}.computed"
+    zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
+    _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
+    graph.node.insert(list(graph.node).index(mean) + 1, helper.make_node(
+        "Where", [USE_GIVEN, name + GIVEN, mean.output[0]], [name], name=f"{name}.choice"))
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+
+
+def _replaceable_quantized_mean(graph, mean, quantize) -> None:
+    """For a mean quantized right away (an int8 model): the choice is made between 8-bit
+    values, after the QuantizeLinear, so that ONNX Runtime still runs the pool on 8-bit
+    tensors; the mean is output dequantized, and a given one quantized the same way. Fed back
+    its own means, the model draws its own map."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    name = mean.output[0]
+    mean.output[0] = quantize.input[0] = f"{name}.pooled"
+    quantized = quantize.output[0]
+    quantize.output[0] = f"{name}.computed"
+    zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
+    _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
+    at = list(graph.node).index(quantize) + 1
+    nodes = [
+        helper.make_node("QuantizeLinear", [name + GIVEN, *quantize.input[1:]],
+                         [f"{name}.given_quantized"], name=f"{name}.given_QuantizeLinear"),
+        helper.make_node("Where", [USE_GIVEN, f"{name}.given_quantized", quantize.output[0]],
+                         [quantized], name=f"{name}.choice"),
+        helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:]],
+                         [name], name=f"{name}.output_DequantizeLinear"),
+    ]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
 
 
 def _optional_input(graph, default, elem_type: int, shape: list) -> None:
