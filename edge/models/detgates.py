@@ -87,16 +87,13 @@ def _write(det: Path) -> None:
 
 def _replaceable_mean(graph, mean) -> None:
     """The mean becomes a graph output, and `USE_GIVEN` picks `<mean>.given` in its place."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     name = mean.output[0]
     mean.output[0] = f"{name}.computed"
-    zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
-    _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
+    _given_and_returned(graph, name)
     graph.node.insert(list(graph.node).index(mean) + 1, helper.make_node(
         "Where", [USE_GIVEN, name + GIVEN, mean.output[0]], [name], name=f"{name}.choice"))
-    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
 
 
 def _replaceable_quantized_mean(graph, mean, quantize) -> None:
@@ -104,15 +101,13 @@ def _replaceable_quantized_mean(graph, mean, quantize) -> None:
     values, after the QuantizeLinear, so that ONNX Runtime still runs the pool on 8-bit
     tensors; the mean is output dequantized, and a given one quantized the same way. Fed back
     its own means, the model draws its own map."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     name = mean.output[0]
     mean.output[0] = quantize.input[0] = f"{name}.pooled"
     quantized = quantize.output[0]
     quantize.output[0] = f"{name}.computed"
-    zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
-    _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
+    _given_and_returned(graph, name)
     at = list(graph.node).index(quantize) + 1
     nodes = [
         helper.make_node("QuantizeLinear", [name + GIVEN, *quantize.input[1:]],
@@ -124,6 +119,15 @@ def _replaceable_quantized_mean(graph, mean, quantize) -> None:
     ]
     for offset, node in enumerate(nodes):
         graph.node.insert(at + offset, node)
+
+
+def _given_and_returned(graph, name: str) -> None:
+    """The optional float input `<name>.given` (zeros unless fed), and `name` as an output."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    zero = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), name + GIVEN)
+    _optional_input(graph, zero, TensorProto.FLOAT, [1, None, 1, 1])
     graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
 
 

@@ -337,7 +337,7 @@ def _match_quantized_gate(graph, mul, gates: set, consumers: dict, weights: dict
         return None
     dequantized = [_producer(graph, name) for name in mul.input]
     if any(node is None or node.op_type != "DequantizeLinear"
-           or not _per_tensor(node, weights) for node in dequantized):
+           or not _scalar_initializer(weights, node.input[1]) for node in dequantized):
         return None
     per_channel = [name in gates for name in mul.input]
     quantize = _only_consumer(consumers, mul.output[0], "QuantizeLinear")
@@ -348,12 +348,6 @@ def _match_quantized_gate(graph, mul, gates: set, consumers: dict, weights: dict
     return features, gate, quantize
 
 
-def _per_tensor(dequantize, weights: dict) -> bool:
-    """The DequantizeLinear's scale is one constant value (so its input may be transposed)."""
-    scale = weights.get(dequantize.input[1]) if len(dequantize.input) > 1 else None
-    return scale is not None and numpy_helper.to_array(scale).size == 1
-
-
 def _rows_of_gate(graph, name: str, features, gate) -> tuple[list, tuple[str, str]]:
     """The nodes that dequantize x channels-last and g repeated along a row of x, and the names
     of those two float tensors."""
@@ -361,10 +355,10 @@ def _rows_of_gate(graph, name: str, features, gate) -> tuple[list, tuple[str, st
         return helper.make_node(op_type, inputs, [f"{name}.rows_{suffix}"],
                                 name=f"{name}.rows_{suffix}_{op_type}", **attributes)
 
-    ones = f"{name}.rows_ones"
-    graph.initializer.append(numpy_helper.from_array(np.array([1, 1], np.int64), ones))
-    one = f"{name}.rows_one"
-    graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), one))
+    ones, one = "gate_rows.ones", "gate_rows.one"  # shared by every gate's row shape
+    if ones not in _initializers(graph):
+        graph.initializer.extend([numpy_helper.from_array(np.array([1, 1], np.int64), ones),
+                                  numpy_helper.from_array(np.array([1], np.int64), one)])
     x_last = node("Transpose", [features.input[0]], "x", perm=[0, 2, 3, 1])
     x_float = node("DequantizeLinear", [x_last.output[0], *features.input[1:]], "x_float")
     g_last = node("Transpose", [gate.input[0]], "gate", perm=[0, 2, 3, 1])
