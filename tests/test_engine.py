@@ -336,7 +336,7 @@ def test_thresholds_and_the_side_limit_follow_the_config(store):
     tight, loose = read(unclip_ratio=1.2), read(unclip_ratio=2.5)
     assert _mean_area(tight) < _mean_area(default) < _mean_area(loose)
     detector = assemble(models, OcrConfig(precision="int8", det_limit_side=320)).detector
-    assert max(detector.preprocess(image.pixels)[0].shape[2:]) <= 320
+    assert max(detector.input_size(image.pixels)) <= 320
 
 
 def test_a_line_wider_than_the_recogniser_takes_is_read_whole_in_pieces(store):

@@ -20,25 +20,33 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import decoded
 from edge.config import ImagesConfig, OcrConfig
 from edge.daemon.budgeted_engine import image_limits
-from edge.models.calibration import render_page, rendered_images
-from edge.models.factory import assemble, build_pipeline, load_models
 from edge.errors import ModelError
+from edge.models.calibration import render_page, rendered_images
+from edge.models.detinput import take_pixel_blocks, take_quantized_input
+from edge.models.factory import assemble, build_pipeline, load_models
 from edge.models.quantize import (
     RECIPES,
     Clipping,
-    build_fp16,
     _quantize_static,
+    build_fp16,
     build_int8,
     folder_set,
     is_current,
     percentile_ranges,
     prepare_for_int8,
     rendered_set,
-    take_quantized_input,
+    taken_as_fed,
 )
-from edge.models.store import ModelStore
 from edge.models.rewrite import rewrite_quantized
-from edge.ocr.detector import INPUT_QUANTIZATION, Detector, DetectorSettings, input_quantization
+from edge.models.store import ModelStore
+from edge.ocr.detector import (
+    INPUT_BLOCKS,
+    INPUT_QUANTIZATION,
+    Detector,
+    DetectorSettings,
+    input_quantization,
+    pixel_blocks,
+)
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
 
 PEAK_RSS = Path(__file__).resolve().parents[1] / "scripts" / "peak_rss.py"
@@ -77,7 +85,8 @@ def test_int8_detector_input_is_quantized_by_the_caller_exactly_as_the_model_did
     float_input = assemble(fp32, fp32_config).detector.preprocess(page)[0]
     quantized = assemble(int8, int8_config).detector.preprocess(page)[0]
     assert float_input.dtype == np.float32 and quantized.dtype == np.uint8
-    assert np.array_equal(_quantize_linear(scale, zero_point)(float_input), quantized)
+    expected = _quantize_linear(scale, zero_point)(float_input)[0].transpose(1, 2, 0)
+    assert np.array_equal(pixel_blocks(np.ascontiguousarray(expected)), quantized)
 
 
 @pytest.mark.parametrize("pack", ["ppocr-v6-small", "ppocr-v6-tiny"])
@@ -100,10 +109,10 @@ def test_installed_int8_detector_runs_no_full_size_glue_the_rewrites_remove(stor
 def test_a_model_whose_input_is_not_quantized_keeps_its_float_input(store):
     model = onnx.load(str(store.variant("ppocr-v6-tiny", "fp32").files["det"]))
     nodes = len(model.graph.node)
-    take_quantized_input(model)
+    take_pixel_blocks(take_quantized_input(model))
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert len(model.graph.node) == nodes
-    assert INPUT_QUANTIZATION not in {prop.key for prop in model.metadata_props}
+    assert not {INPUT_QUANTIZATION, INPUT_BLOCKS} & {prop.key for prop in model.metadata_props}
 
 
 def _initializers(model: onnx.ModelProto) -> dict:
@@ -172,7 +181,7 @@ def test_calibration_gives_the_model_onnx_runtimes_own_calibration_gives(store, 
     quantize_static(str(prepared), str(tmp_path / "theirs.onnx"), Reader(),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    theirs = take_quantized_input(rewrite_quantized(onnx.load(str(tmp_path / "theirs.onnx"))))
+    theirs = taken_as_fed(rewrite_quantized(onnx.load(str(tmp_path / "theirs.onnx"))))
     ours = onnx.load(str(tmp_path / "ours.onnx"))
     assert _initializers(ours).keys() == _initializers(theirs).keys()
     assert all(np.array_equal(_initializers(ours)[name], value)

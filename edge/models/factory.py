@@ -12,7 +12,13 @@ from edge.models.detgates import GIVEN, USE_GIVEN, split_detector
 from edge.models.rechead import quantized_head_here, serving_recognizer
 from edge.models.store import ModelStore, Variant
 from edge.ocr.classifier import Classifier, ClassifierSettings
-from edge.ocr.detector import Detector, DetectorSettings, GlobalMeans, input_quantization
+from edge.ocr.detector import (
+    Detector,
+    DetectorSettings,
+    GlobalMeans,
+    input_blocks,
+    input_quantization,
+)
 from edge.ocr.pipeline import OcrPipeline
 from edge.ocr.recognizer import Recognizer, RecognizerSettings
 from edge.ocr.session import ModelSession, SessionSettings, resolve_device
@@ -90,7 +96,8 @@ def assemble(models: LoadedModels, config: OcrConfig, caps: MemoryCaps = MemoryC
     det_settings = detector_settings(config, models.preprocess, models.postprocess)
     detector = Detector(models.det, replace(
         det_settings, max_pixels=caps.det_max_pixels,
-        input_quantization=input_quantization(models.det.metadata)), _global_means(models))
+        input_quantization=input_quantization(models.det.metadata),
+        input_blocks=input_blocks(models.det.metadata)), _global_means(models))
     rec_settings = RecognizerSettings(height=models.preprocess["rec_height"],
                                       batch_size=config.rec_batch)
     if caps.rec_max_columns:  # a RAM budget's plan, made from measurements: it governs

@@ -23,6 +23,9 @@ Means = list[np.ndarray]
 Spans = list[tuple[int, int, tuple[int, int]]]  # tiles along one side: start, end, kept part
 # model metadata naming the (scale, zero point) of a model that takes its input quantized
 INPUT_QUANTIZATION = "edge-ocr.input_quantization"
+# model metadata naming the side of the pixel blocks a model takes its input in (see
+# `pixel_blocks`); absent for a model that takes planes (N, C, H, W)
+INPUT_BLOCKS = "edge-ocr.input_blocks"
 _DILATION = np.ones((2, 2), np.uint8)
 TILE_MARGIN = 32  # model-input pixels of context kept on each side of a cut between tiles
 
@@ -42,6 +45,8 @@ class DetectorSettings:
     the next column.
     `input_quantization` is the (scale, zero point) of a model that takes its input already
     quantized to uint8 (the int8 variant); None for a model that takes float32.
+    `input_blocks` is 2 for such a model that takes the quantized image in 2x2 pixel blocks
+    (`pixel_blocks`), 1 for one that takes it in planes.
     """
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -59,6 +64,7 @@ class DetectorSettings:
     min_box_side: float = 3.0
     max_candidates: int = 1000
     input_quantization: Optional[tuple[float, int]] = None
+    input_blocks: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ class Detector:
         self._table = (None if settings.input_quantization is None else
                        _quantization_table(self._offset, self._factor,
                                            *settings.input_quantization))
+        if settings.input_blocks not in (1, 2) or (
+                settings.input_blocks == 2 and (self._table is None or settings.multiple % 2)):
+            raise ValueError(f"no detector input in {settings.input_blocks}-pixel blocks with "
+                             f"sides a multiple of {settings.multiple}")
+        # the same tables as one cv2.LUT pass over a BGR image takes them; or, where one table
+        # serves every channel (the packs' mean and std are alike for all three), that one
+        self._pixel_table = (None if self._table is None else
+                             self._table[0] if (self._table == self._table[0]).all() else
+                             np.ascontiguousarray(self._table.T).reshape(1, 256, 3))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Detect text in a BGR (or single-channel) image."""
@@ -114,7 +129,8 @@ class Detector:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Resize to multiples of `multiple` within `limit_side`, normalise; NCHW float32, or
-        NCHW uint8 for a model that takes its input quantized (one tensor, never tiled)."""
+        uint8 for a model that takes its input quantized, in pixel blocks for one that takes
+        them (one tensor, never tiled)."""
         width, height = self.input_size(image)
         resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return self._tensor(resized), image.shape[1] / width, image.shape[0] / height
@@ -181,8 +197,16 @@ class Detector:
         return self._tensor(tile)
 
     def _tensor(self, resized: np.ndarray) -> np.ndarray:
-        """NCHW float32, normalised, or NCHW uint8 for a model that takes its input quantized;
-        a single-channel image is repeated into the three channels."""
+        """NCHW float32, normalised, or uint8 for a model that takes its input quantized (NCHW,
+        or in pixel blocks); a single-channel image is repeated into the three channels."""
+        if self._settings.input_blocks == 2:
+            bgr = resized if resized.ndim == 3 else cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
+            if self._pixel_table.ndim == 3:
+                return pixel_blocks(cv2.LUT(bgr, self._pixel_table))
+            blocks = pixel_blocks(bgr)
+            values = blocks.reshape(blocks.shape[1], -1)  # every byte through the one table
+            cv2.LUT(values, self._pixel_table, dst=values)
+            return blocks
         new_h, new_w = resized.shape[:2]
         planes = [resized] * 3 if resized.ndim == 2 else cv2.split(resized)
         if self._table is not None:
@@ -310,6 +334,20 @@ def input_quantization(metadata: dict) -> Optional[tuple[float, int]]:
         return None
     scale, zero_point = metadata[INPUT_QUANTIZATION].split()
     return float(scale), int(zero_point)
+
+
+def input_blocks(metadata: dict) -> int:
+    """The side of the pixel blocks a model's metadata says it takes its input in (1: none)."""
+    return int(metadata.get(INPUT_BLOCKS, 1))
+
+
+def pixel_blocks(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) image with even sides as a (1, H/2, W/2, 4C) tensor: each 2x2 block of
+    pixels along the channels, by block row, then block column, then channel. The pixel pairs
+    of a row are already side by side in memory: one merge of the even and odd rows."""
+    height, width, channels = image.shape
+    rows = (image[start::2].reshape(height // 2, width // 2, 2 * channels) for start in (0, 1))
+    return cv2.merge(list(rows))[np.newaxis]
 
 
 def _quantization_table(offset: np.ndarray, factor: np.ndarray, scale: float,
