@@ -349,10 +349,15 @@ def test_tiles_run_with_the_whole_inputs_means_draw_the_whole_inputs_map(store):
     given = assemble(load_models(config, store, tiled=True), config, caps).detector
     assert own.tiles(page) == given.tiles(page) >= 4
     expected = whole.probability(page) > whole.threshold
-    moved_own, moved_given = (np.count_nonzero((d.probability(page) > d.threshold) != expected)
-                              for d in (own, given))
-    # with their own means, strips of blank paper lit up as text: 4022 pixels against 1325
-    # (88231 against 1948 before the manifest clipped five of the detector's activations)
+    text = round(600 * expected.shape[0] / page.shape[0])  # map rows of the text part
+    moved_own, moved_given = (
+        np.count_nonzero(((d.probability(page) > d.threshold) != expected)[:text])
+        for d in (own, given))
+    # with their own means, tiles drew the text part 4142 pixels off the whole input's map,
+    # with its means 1218 (88231 against 1948 over the whole page, blank strips lit up, before
+    # the manifest clipped five of the detector's activations). Below it, the int8 detector run
+    # on the whole page lights 3760 pixels of the blank paper that no tiling draws, with either
+    # means (fp32 lights none); they are left out of both counts.
     assert moved_given * 2 < moved_own
 
 

@@ -46,7 +46,8 @@ def _agreement(expected: np.ndarray, got: np.ndarray, threshold: float = 0.3) ->
 
 
 @pytest.mark.parametrize("rewrite_one", [rewrite.pixel_shuffle_transposed_convs,
-                                         rewrite.widen_narrow_convs])
+                                         rewrite.widen_narrow_convs,
+                                         rewrite.strided_convs_split_at_concats])
 def test_exact_rewrites_keep_the_probability_map(detector_case, tmp_path, rewrite_one):
     path, tensor = detector_case
     model = _pre_processed(path, tmp_path)

@@ -22,6 +22,13 @@ Each rewrite replaces a pattern ONNX Runtime runs slowly once quantized by one i
 - `widen_narrow_convs`: a convolution with fewer than 16 output channels (12 in the small
   detector's stem) falls off the fast int8 kernel: measured 38 ms at 640x368 against 2 ms once
   widened to 16 with zero weights. Exact.
+- `strided_convs_split_at_concats`: a strided convolution over a concatenation of two
+  tensors becomes one convolution over each and an Add. Quantized, the Concat ran channels-last
+  on 8-bit tensors, interleaving every pixel's channels and requantizing the input written at
+  another scale: 1.83 ms at 352x640x48 in the small detector's stem, ahead of a 1.01 ms
+  convolution; the two convolutions and the Add of their quarter-size outputs ran 0.66, 0.66
+  and 0.14 ms. Exact in float; quantized, each part is rounded before they are added, and the
+  MaxPool branch is no longer requantized to the concatenation's scale.
 - `fold_sigmoid_input_scales` (on the quantized model): the 1.702 x of the GELU is read by
   the Sigmoid through a dequantization with 1.702 times the scale, and its Mul is gone.
 - `nearest_upsamples_as_copies` (on the quantized model): the neck's nearest-neighbour
@@ -73,6 +80,7 @@ def rewrite_for_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     global_average_pools(model)
     fold_residual_gates(model)
     sigmoid_gelu(model)
+    strided_convs_split_at_concats(model)
     widen_narrow_convs(model)
     _drop_unused_initializers(model.graph)
     del model.graph.value_info[:]  # shapes of widened tensors changed; the quantizer infers anew
@@ -615,6 +623,65 @@ def widen_narrow_convs(model: onnx.ModelProto, channels: int = 16) -> int:
         _replace(weights, after.input[1], np.pad(following, [(0, 0), (0, extra), (0, 0), (0, 0)]))
         count += 1
     return count
+
+
+def strided_convs_split_at_concats(model: onnx.ModelProto) -> int:
+    """Conv(Concat(a, b)) with a stride above 1 becomes Conv(a) + Conv(b), each with its input's
+    part of the kernel (the first with the bias); return how many. Exact in float."""
+    graph, weights = model.graph, _initializers(model.graph)
+    consumers = _consumers(graph)
+    channels = _channel_counts(model)
+    count = 0
+    for concat in list(graph.node):
+        conv = _strided_conv_over(concat, consumers, channels, weights)
+        if conv is None:
+            continue
+        kernel = numpy_helper.to_array(weights[conv.input[1]])
+        at = list(graph.node).index(concat)
+        graph.node.remove(concat)
+        graph.node.remove(conv)
+        parts, start = [], 0
+        for index, source in enumerate(concat.input):
+            name, end = f"{conv.name}.part{index}", start + channels[source]
+            inputs = [source, _add_initializer(graph, f"{name}.weight", kernel[:, start:end])]
+            part = helper.make_node("Conv", inputs + [conv.input[2]] * (index == 0), [name],
+                                    name=name)
+            part.attribute.extend(conv.attribute)
+            graph.node.insert(at + index, part)
+            parts.append(name)
+            start = end
+        graph.node.insert(at + len(parts), helper.make_node("Add", parts, [conv.output[0]],
+                                                            name=f"{conv.name}.parts"))
+        count += 1
+    return count
+
+
+def _strided_conv_over(concat, consumers: dict, channels: dict, weights: dict):
+    """The Conv reading a two-input channel Concat alone, at a stride above 1, ungrouped,
+    with a constant kernel and bias, when both inputs' channels are known; else None."""
+    if (concat.op_type != "Concat" or len(concat.input) != 2
+            or _attributes(concat).get("axis") != 1
+            or any(name not in channels for name in concat.input)):
+        return None
+    conv = _only_consumer(consumers, concat.output[0], "Conv")
+    if conv is None or conv.input[0] != concat.output[0] or len(conv.input) < 3:
+        return None
+    attributes = _attributes(conv)
+    if (attributes.get("group", 1) != 1 or max(attributes.get("strides", [1])) < 2
+            or any(name not in weights for name in conv.input[1:3])):
+        return None
+    return conv
+
+
+def _channel_counts(model: onnx.ModelProto) -> dict:
+    """Channels (axis 1) of each 4-D tensor whose count ONNX shape inference knows."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    counts = {}
+    for info in inferred.graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value"):
+            counts[info.name] = dims[1].dim_value
+    return counts
 
 
 def _replace(weights: dict, name: str, array: np.ndarray) -> None:
