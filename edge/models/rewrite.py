@@ -28,7 +28,11 @@ Each rewrite replaces a pattern ONNX Runtime runs slowly once quantized by one i
   another scale: 1.83 ms at 352x640x48 in the small detector's stem, ahead of a 1.01 ms
   convolution; the two convolutions and the Add of their quarter-size outputs ran 0.66, 0.66
   and 0.14 ms. Exact in float; quantized, each part is rounded before they are added, and the
-  MaxPool branch is no longer requantized to the concatenation's scale.
+  MaxPool branch is no longer requantized to the concatenation's scale. A 1280x704 frame ran
+  1.04x (small) and 1.06x (tiny) faster; the small int8 detector's pixel agreement with fp32
+  rose (rendered pages 99.78 -> 99.81 %, street scenes 99.93 -> 99.95 %, receipts 99.685 ->
+  99.688 %), its words F1 moved by about the noise of any requantization (street scenes
+  0.9423 -> 0.9402, receipts 0.9102 -> 0.9104, A4 scans 0.9502 -> 0.9469).
 - `fold_sigmoid_input_scales` (on the quantized model): the 1.702 x of the GELU is read by
   the Sigmoid through a dequantization with 1.702 times the scale, and its Mul is gone.
 - `nearest_upsamples_as_copies` (on the quantized model): the neck's nearest-neighbour
