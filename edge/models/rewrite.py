@@ -332,14 +332,7 @@ def gates_multiplied_along_rows(model: onnx.ModelProto) -> int:
 
 def _per_channel_tensors(model: onnx.ModelProto) -> set:
     """Names of the 4-D tensors whose two spatial axes are 1, by ONNX shape inference."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    found = set()
-    for info in inferred.graph.value_info:
-        dims = info.type.tensor_type.shape.dim
-        if len(dims) == 4 and all(dim.HasField("dim_value") and dim.dim_value == 1
-                                  for dim in dims[2:]):
-            found.add(info.name)
-    return found
+    return {name for name, dims in _4d_shapes(model).items() if dims[2:] == [1, 1]}
 
 
 def _match_quantized_gate(graph, mul, gates: set, consumers: dict, weights: dict):
@@ -679,13 +672,18 @@ def _strided_conv_over(concat, consumers: dict, channels: dict, weights: dict):
 
 def _channel_counts(model: onnx.ModelProto) -> dict:
     """Channels (axis 1) of each 4-D tensor whose count ONNX shape inference knows."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    counts = {}
-    for info in inferred.graph.value_info:
+    return {name: dims[1] for name, dims in _4d_shapes(model).items() if dims[1] is not None}
+
+
+def _4d_shapes(model: onnx.ModelProto) -> dict:
+    """Each 4-D tensor's dimensions by ONNX shape inference, None where one is not known."""
+    shapes = {}
+    for info in onnx.shape_inference.infer_shapes(model).graph.value_info:
         dims = info.type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[1].HasField("dim_value"):
-            counts[info.name] = dims[1].dim_value
-    return counts
+        if len(dims) == 4:
+            shapes[info.name] = [dim.dim_value if dim.HasField("dim_value") else None
+                                 for dim in dims]
+    return shapes
 
 
 def _replace(weights: dict, name: str, array: np.ndarray) -> None:
